@@ -1,0 +1,401 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/ccmesh/ccmesh/internal/agent"
+	"github.com/ccmesh/ccmesh/internal/core"
+	"github.com/ccmesh/ccmesh/internal/events"
+	"github.com/ccmesh/ccmesh/internal/interaction"
+	"github.com/ccmesh/ccmesh/internal/store"
+)
+
+// agentBody is an agent as the API shows it: its owner-side view plus what it holds.
+type agentBody struct {
+	agent.View
+	Interactions []events.Interaction `json:"interactions"`
+}
+
+func (s *Server) agentBody(v agent.View) agentBody {
+	held := s.p.Interactions.Held(v.ID)
+	if held == nil {
+		held = []events.Interaction{}
+	}
+	return agentBody{View: v, Interactions: held}
+}
+
+func (s *Server) listAgents(w http.ResponseWriter, _ *http.Request) {
+	views := s.p.Agents.Snapshots()
+	out := make([]agentBody, len(views))
+	for i, v := range views {
+		out[i] = s.agentBody(v)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"agents": out})
+}
+
+func (s *Server) getAgent(w http.ResponseWriter, r *http.Request) {
+	v, err := s.p.Agents.Snapshot(core.AgentID(r.PathValue("id")))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.agentBody(v))
+}
+
+func (s *Server) agentHistory(w http.ResponseWriter, r *http.Request) {
+	id := core.AgentID(r.PathValue("id"))
+	if _, ok := s.p.Agents.Config(id); !ok {
+		s.fail(w, r, fmt.Errorf("history of %s: %w", id, agent.ErrUnknownAgent))
+		return
+	}
+	limit, ok := intParam(w, r, "limit", 100)
+	if !ok {
+		return
+	}
+	if err := s.durable(r); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	evs, err := s.p.Store.AgentHistory(r.Context(), id, limit)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"agent": id, "events": nonNil(evs)})
+}
+
+// respondAgent waits for durability and answers with the agent's view.
+func (s *Server) respondAgent(w http.ResponseWriter, r *http.Request, id core.AgentID, err error) {
+	if err == nil {
+		err = s.durable(r)
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	v, err := s.p.Agents.Snapshot(id)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.agentBody(v))
+}
+
+func (s *Server) login(w http.ResponseWriter, r *http.Request) {
+	id := core.AgentID(r.PathValue("id"))
+	s.respondAgent(w, r, id, s.p.Agents.Login(id))
+}
+
+type logoutRequest struct {
+	// Force revokes the agent's offers and interactions (supervisors only).
+	Force bool `json:"force"`
+}
+
+func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
+	var req logoutRequest
+	if r.ContentLength != 0 && !decode(w, r, &req) {
+		return
+	}
+	if req.Force && !who(r).staff() {
+		writeError(w, http.StatusForbidden, "forbidden", "only a supervisor may force a logout")
+		return
+	}
+	id := core.AgentID(r.PathValue("id"))
+	s.respondAgent(w, r, id, s.p.Agents.Logout(id, req.Force))
+}
+
+type stateRequest struct {
+	// State is "ready" or "not_ready". "ready" during wrap-up ends the wrap-up.
+	State  string `json:"state"`
+	Reason string `json:"reason"`
+}
+
+func (s *Server) setState(w http.ResponseWriter, r *http.Request) {
+	var req stateRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	id := core.AgentID(r.PathValue("id"))
+	var err error
+	switch req.State {
+	case "ready":
+		if req.Reason != "" {
+			writeError(w, http.StatusBadRequest, "bad_request", "reason: only allowed with state not_ready")
+			return
+		}
+		if err = s.p.Agents.EndWrapUp(id); err == nil {
+			err = s.p.Agents.SetReady(id)
+		}
+	case "not_ready":
+		if len(req.Reason) > 200 {
+			writeError(w, http.StatusBadRequest, "bad_request", "reason: longer than 200 characters")
+			return
+		}
+		err = s.p.Agents.SetNotReady(id, req.Reason)
+	default:
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("state: %q is not one of ready, not_ready", req.State))
+		return
+	}
+	s.respondAgent(w, r, id, err)
+}
+
+func (s *Server) listQueues(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{"queues": s.p.Router.AllStats()})
+}
+
+func (s *Server) getQueue(w http.ResponseWriter, r *http.Request) {
+	st, ok := s.p.Router.Stats(core.QueueID(r.PathValue("id")))
+	if !ok {
+		writeError(w, http.StatusNotFound, "not_found", "unknown queue "+strconv.Quote(r.PathValue("id")))
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+type createRequest struct {
+	Channel    string            `json:"channel"`
+	Queue      string            `json:"queue"`
+	Priority   *int              `json:"priority"`
+	Attributes map[string]string `json:"attributes"`
+}
+
+func (s *Server) createInteraction(w http.ResponseWriter, r *http.Request) {
+	var req createRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	if req.Channel == "" {
+		req.Channel = string(core.ChannelTask)
+	}
+	ch, err := core.ParseChannel(req.Channel)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "bad_request", "channel: "+err.Error())
+		return
+	}
+	if ch != core.ChannelTask {
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("channel: %q interactions arrive through their own edge (SIP, IM); the API creates \"task\" interactions", ch))
+		return
+	}
+	if req.Queue == "" {
+		writeError(w, http.StatusBadRequest, "bad_request", "queue: required")
+		return
+	}
+	if len(req.Attributes) > 64 {
+		writeError(w, http.StatusBadRequest, "bad_request", "attributes: at most 64 keys")
+		return
+	}
+	for k, v := range req.Attributes {
+		if k == "" || len(k) > 64 || len(v) > 4096 {
+			writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("attributes[%q]: keys are 1..64 characters, values at most 4096", k))
+			return
+		}
+	}
+	ix, _, err := s.p.Interactions.Create(interaction.CreateRequest{
+		Channel: ch, Queue: core.QueueID(req.Queue), Priority: req.Priority, Attributes: req.Attributes,
+	})
+	if err == nil {
+		err = s.durable(r)
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.metrics.created.WithLabelValues(req.Queue, string(ch)).Inc()
+	if cur, ok := s.p.Interactions.Get(ix.ID); ok {
+		ix = cur
+	}
+	w.Header().Set("Location", "/api/v1/interactions/"+string(ix.ID))
+	writeJSON(w, http.StatusCreated, ix)
+}
+
+func (s *Server) listInteractions(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := store.InteractionFilter{
+		State: q.Get("state"), Queue: core.QueueID(q.Get("queue")), Channel: core.Channel(q.Get("channel")), Agent: core.AgentID(q.Get("agent")),
+	}
+	if f.Channel != "" {
+		if _, err := core.ParseChannel(string(f.Channel)); err != nil {
+			writeError(w, http.StatusBadRequest, "bad_request", "channel: "+err.Error())
+			return
+		}
+	}
+	if f.State != "" {
+		ok := false
+		for _, st := range []interaction.State{interaction.StateCreated, interaction.StateQueued, interaction.StateOffered, interaction.StateConnected, interaction.StateWrapUp, interaction.StateEnded, interaction.StateAbandoned, interaction.StateFailed, interaction.StateTimedOut} {
+			ok = ok || string(st) == f.State
+		}
+		if !ok {
+			writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("state: unknown state %q", f.State))
+			return
+		}
+	}
+	for name, dst := range map[string]*time.Time{"since": &f.Since, "until": &f.Until} {
+		if v := q.Get(name); v != "" {
+			t, err := time.Parse(time.RFC3339, v)
+			if err != nil {
+				writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("%s: %q is not an RFC 3339 time", name, v))
+				return
+			}
+			*dst = t
+		}
+	}
+	limit, ok := intParam(w, r, "limit", store.DefaultLimit)
+	if !ok {
+		return
+	}
+	f.Limit = limit
+	if err := s.durable(r); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	list, err := s.p.Store.ListInteractions(r.Context(), f)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"interactions": nonNil(list)})
+}
+
+// lookup returns an interaction, live or stored, checking that an agent caller holds or held it.
+func (s *Server) lookup(w http.ResponseWriter, r *http.Request) (events.Interaction, bool) {
+	id := core.InteractionID(r.PathValue("id"))
+	ix, ok := s.p.Interactions.Get(id)
+	if !ok {
+		if err := s.durable(r); err != nil {
+			s.fail(w, r, err)
+			return ix, false
+		}
+		var err error
+		if ix, err = s.p.Store.GetInteraction(r.Context(), id); err != nil {
+			s.fail(w, r, err)
+			return ix, false
+		}
+	}
+	if p := who(r); p.agent != "" && ix.Agent != p.agent {
+		writeError(w, http.StatusForbidden, "forbidden", "agents see only their own interactions")
+		return ix, false
+	}
+	return ix, true
+}
+
+func (s *Server) getInteraction(w http.ResponseWriter, r *http.Request) {
+	if ix, ok := s.lookup(w, r); ok {
+		writeJSON(w, http.StatusOK, ix)
+	}
+}
+
+func (s *Server) interactionEvents(w http.ResponseWriter, r *http.Request) {
+	ix, ok := s.lookup(w, r)
+	if !ok {
+		return
+	}
+	if err := s.durable(r); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	evs, err := s.p.Store.InteractionEvents(r.Context(), ix.ID)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"interaction": ix.ID, "events": nonNil(evs)})
+}
+
+func (s *Server) interactionDecisions(w http.ResponseWriter, r *http.Request) {
+	ix, ok := s.lookup(w, r)
+	if !ok {
+		return
+	}
+	if err := s.durable(r); err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	evs, err := s.p.Store.Decisions(r.Context(), ix.ID)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"interaction": ix.ID, "decisions": nonNil(evs)})
+}
+
+type agentAction func(core.InteractionID, core.AgentID) (uint64, error)
+
+func (s *Server) act(w http.ResponseWriter, r *http.Request, f agentAction) {
+	id := core.InteractionID(r.PathValue("id"))
+	_, err := f(id, who(r).agent)
+	if err == nil {
+		err = s.durable(r)
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.respondInteraction(w, r, id)
+}
+
+func (s *Server) respondInteraction(w http.ResponseWriter, r *http.Request, id core.InteractionID) {
+	ix, ok := s.p.Interactions.Get(id)
+	if !ok {
+		var err error
+		if ix, err = s.p.Store.GetInteraction(r.Context(), id); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, ix)
+}
+
+func (s *Server) accept(w http.ResponseWriter, r *http.Request) {
+	s.act(w, r, s.p.Interactions.Accept)
+}
+
+func (s *Server) reject(w http.ResponseWriter, r *http.Request) {
+	s.act(w, r, s.p.Interactions.Reject)
+}
+
+func (s *Server) complete(w http.ResponseWriter, r *http.Request) {
+	s.act(w, r, s.p.Interactions.Complete)
+}
+
+func (s *Server) cancel(w http.ResponseWriter, r *http.Request) {
+	id := core.InteractionID(r.PathValue("id"))
+	_, err := s.p.Interactions.Abandon(id, "cancelled by "+who(r).name)
+	if errors.Is(err, interaction.ErrNotFound) {
+		// Ended already, or never existed: tell which.
+		if ix, gerr := s.p.Store.GetInteraction(r.Context(), id); gerr == nil {
+			err = fmt.Errorf("cancel %s: already %s: %w", id, ix.State, interaction.ErrWrongState)
+		}
+	}
+	if err == nil {
+		err = s.durable(r)
+	}
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.respondInteraction(w, r, id)
+}
+
+func intParam(w http.ResponseWriter, r *http.Request, name string, def int) (int, bool) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return def, true
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("%s: %q is not a positive integer", name, v))
+		return 0, false
+	}
+	return n, true
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}

@@ -1,0 +1,72 @@
+package api
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+type metrics struct {
+	requests *prometheus.CounterVec
+	created  *prometheus.CounterVec
+}
+
+func newMetrics(reg *prometheus.Registry, s *Server) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ccmesh_http_requests_total", Help: "HTTP requests by method and status code.",
+		}, []string{"method", "code"}),
+		created: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ccmesh_interactions_created_total", Help: "Interactions created through the API, by queue and channel.",
+		}, []string{"queue", "channel"}),
+	}
+	reg.MustRegister(m.requests, m.created, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &stateCollector{s: s})
+	return m
+}
+
+// stateCollector reads live figures at scrape time: queues, agents and the event log.
+type stateCollector struct{ s *Server }
+
+var (
+	descWaiting     = prometheus.NewDesc("ccmesh_queue_waiting", "Interactions waiting in the queue.", []string{"queue"}, nil)
+	descLongest     = prometheus.NewDesc("ccmesh_queue_longest_wait_seconds", "Wait of the oldest waiting interaction.", []string{"queue"}, nil)
+	descReady       = prometheus.NewDesc("ccmesh_queue_agents_ready", "Eligible agents ready with free capacity.", []string{"queue"}, nil)
+	descOffered     = prometheus.NewDesc("ccmesh_queue_offered_total", "Interactions offered to agents.", []string{"queue"}, nil)
+	descAnswered    = prometheus.NewDesc("ccmesh_queue_answered_total", "Interactions answered.", []string{"queue"}, nil)
+	descAbandoned   = prometheus.NewDesc("ccmesh_queue_abandoned_total", "Interactions abandoned.", []string{"queue"}, nil)
+	descSL          = prometheus.NewDesc("ccmesh_queue_service_level_ratio", "Answered within threshold over answered plus abandoned after threshold.", []string{"queue"}, nil)
+	descAgents      = prometheus.NewDesc("ccmesh_agents", "Agents by state.", []string{"state"}, nil)
+	descSeq         = prometheus.NewDesc("ccmesh_events_last_seq", "Sequence number of the newest event.", nil, nil)
+	descDurable     = prometheus.NewDesc("ccmesh_events_durable_seq", "Sequence number of the newest event committed to storage.", nil, nil)
+	descLiveInterax = prometheus.NewDesc("ccmesh_interactions_live", "Interactions not yet ended.", nil, nil)
+)
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descWaiting, descLongest, descReady, descOffered, descAnswered, descAbandoned, descSL, descAgents, descSeq, descDurable, descLiveInterax} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, q := range c.s.p.Router.AllStats() {
+		id := string(q.Queue)
+		ch <- prometheus.MustNewConstMetric(descWaiting, prometheus.GaugeValue, float64(q.Waiting), id)
+		ch <- prometheus.MustNewConstMetric(descLongest, prometheus.GaugeValue, float64(q.LongestWaitMillis)/1000, id)
+		ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, float64(q.AgentsReady), id)
+		ch <- prometheus.MustNewConstMetric(descOffered, prometheus.CounterValue, float64(q.Offered), id)
+		ch <- prometheus.MustNewConstMetric(descAnswered, prometheus.CounterValue, float64(q.Answered), id)
+		ch <- prometheus.MustNewConstMetric(descAbandoned, prometheus.CounterValue, float64(q.Abandoned), id)
+		if q.ServiceLevelPercent >= 0 {
+			ch <- prometheus.MustNewConstMetric(descSL, prometheus.GaugeValue, q.ServiceLevelPercent/100, id)
+		}
+	}
+	counts := map[string]int{"logged_out": 0, "not_ready": 0, "ready": 0, "reserved": 0, "busy": 0, "wrap_up": 0}
+	for _, v := range c.s.p.Agents.Snapshots() {
+		counts[v.State.State]++
+	}
+	for st, n := range counts {
+		ch <- prometheus.MustNewConstMetric(descAgents, prometheus.GaugeValue, float64(n), st)
+	}
+	ch <- prometheus.MustNewConstMetric(descSeq, prometheus.GaugeValue, float64(c.s.p.Log.LastSeq()))
+	ch <- prometheus.MustNewConstMetric(descDurable, prometheus.GaugeValue, float64(c.s.p.Log.DurableSeq()))
+	ch <- prometheus.MustNewConstMetric(descLiveInterax, prometheus.GaugeValue, float64(c.s.p.Interactions.Live()))
+}

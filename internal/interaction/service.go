@@ -1,0 +1,568 @@
+package interaction
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ccmesh/ccmesh/internal/agent"
+	"github.com/ccmesh/ccmesh/internal/clock"
+	"github.com/ccmesh/ccmesh/internal/config"
+	"github.com/ccmesh/ccmesh/internal/core"
+	"github.com/ccmesh/ccmesh/internal/events"
+	"github.com/ccmesh/ccmesh/internal/router"
+)
+
+// Errors of the Service; the API maps them to HTTP statuses.
+var (
+	ErrNotFound     = errors.New("interaction not found")
+	ErrUnknownQueue = errors.New("unknown queue")
+	ErrQueueClosed  = errors.New("queue is closed (business hours)")
+	ErrDraining     = errors.New("node is draining: not accepting new interactions")
+	ErrBusy         = errors.New("node is at its waiting limit")
+	ErrNotYours     = errors.New("interaction is not offered to or held by this agent")
+	ErrWrongState   = errors.New("operation not allowed in the interaction's state")
+	ErrBadRequest   = errors.New("bad request")
+)
+
+// Agents is what the Service needs of the agents' owner. Methods may block briefly
+// and are safe for concurrent use.
+type Agents interface {
+	Accept(agent.Token) error
+	Reject(agent.Token) error
+	Release(agent.Token) error
+	Complete(agent.Token, time.Duration) error
+}
+
+// Queues is what the Service needs of the router.
+type Queues interface {
+	Enqueue(router.Waiting) error
+	Remove(core.InteractionID) bool
+	RecordAnswered(core.QueueID, time.Duration)
+	RecordAbandoned(core.QueueID, time.Duration)
+}
+
+// Params are the Service's dependencies.
+type Params struct {
+	Queues []config.Queue
+	Log    *events.Log
+	Clock  clock.Clock
+	Logger *slog.Logger
+}
+
+type queueInfo struct {
+	cfg   config.Queue
+	hours *config.Hours
+}
+
+type live struct {
+	events.Interaction
+	token agent.Token
+}
+
+// Service owns the live interactions of this node. It is safe for concurrent use.
+// Lock order: the router's lock may be held when Offer is called; the Service never
+// calls the router or the agents while holding its own lock.
+type Service struct {
+	log    *events.Log
+	clock  clock.Clock
+	logger *slog.Logger
+	queues map[core.QueueID]queueInfo
+	agents Agents
+	router Queues
+
+	// mu guards live and draining.
+	mu       sync.Mutex
+	live     map[core.InteractionID]*live
+	draining bool
+	idle     chan struct{} // closed when draining and no live interaction remains
+}
+
+// NewService returns a Service; call Wire before use.
+func NewService(p Params) (*Service, error) {
+	s := &Service{log: p.Log, clock: p.Clock, logger: p.Logger, queues: map[core.QueueID]queueInfo{}, live: map[core.InteractionID]*live{}}
+	if s.logger == nil {
+		s.logger = slog.Default()
+	}
+	for _, q := range p.Queues {
+		h, err := config.CompileHours(q.BusinessHours)
+		if err != nil {
+			return nil, fmt.Errorf("interaction: queue %s: %w", q.ID, err)
+		}
+		s.queues[q.ID] = queueInfo{cfg: q, hours: h}
+	}
+	return s, nil
+}
+
+// Wire connects the Service to the agents' owner and the router (they depend on each other).
+func (s *Service) Wire(a Agents, r Queues) {
+	s.agents, s.router = a, r
+}
+
+// CreateRequest asks for a new interaction.
+type CreateRequest struct {
+	Channel  core.Channel
+	Queue    core.QueueID
+	Priority *int
+	// Attributes are free key/values shown to the agent (subject, customer, ...).
+	Attributes map[string]string
+}
+
+// Create makes an interaction, persists it and queues it. It returns the
+// interaction (perhaps already offered) and the event seq to wait on for durability.
+func (s *Service) Create(req CreateRequest) (events.Interaction, uint64, error) {
+	qi, ok := s.queues[req.Queue]
+	if !ok {
+		return events.Interaction{}, 0, fmt.Errorf("interaction: create in %q: %w", req.Queue, ErrUnknownQueue)
+	}
+	if req.Channel.Index() < 0 {
+		return events.Interaction{}, 0, fmt.Errorf("interaction: create: %w: unknown channel %q", ErrBadRequest, req.Channel)
+	}
+	now := s.clock.Now()
+	if !qi.hours.IsOpen(now) {
+		return events.Interaction{}, 0, fmt.Errorf("interaction: create in %s: %w", req.Queue, ErrQueueClosed)
+	}
+	prio := qi.cfg.Priority
+	if req.Priority != nil {
+		if *req.Priority < 0 || *req.Priority > 100 {
+			return events.Interaction{}, 0, fmt.Errorf("interaction: create: %w: priority %d out of range 0..100", ErrBadRequest, *req.Priority)
+		}
+		prio = *req.Priority
+	}
+	ix := &live{Interaction: events.Interaction{
+		ID: newID(), Channel: req.Channel, Queue: req.Queue, Priority: prio, State: string(StateCreated),
+		CreatedAt: now.UTC(), Attributes: req.Attributes,
+	}}
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		return events.Interaction{}, 0, fmt.Errorf("interaction: create: %w", ErrDraining)
+	}
+	s.live[ix.ID] = ix
+	seq, err := s.emitLocked(ix, "")
+	if err == nil {
+		ix.EnqueuedAt = now.UTC()
+		seq, err = s.moveLocked(ix, StateQueued, "")
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return events.Interaction{}, 0, err
+	}
+	if err := s.enqueue(ix, now); err != nil {
+		if errors.Is(err, router.ErrFull) {
+			err = fmt.Errorf("interaction: create: %w", ErrBusy)
+		}
+		seq2, ferr := s.fail(ix.ID, "queue_refused: "+err.Error())
+		if ferr == nil {
+			seq = seq2
+		}
+		return events.Interaction{}, seq, err
+	}
+	snap, _ := s.Get(ix.ID)
+	return snap, s.log.LastSeq(), nil
+}
+
+// enqueue hands a queued interaction to the router, then makes sure it did not end
+// meanwhile (an abandon racing the enqueue would otherwise leave a ghost behind).
+func (s *Service) enqueue(ix *live, enqueuedAt time.Time) error {
+	s.mu.Lock()
+	w := router.Waiting{ID: ix.ID, Channel: ix.Channel, Queue: ix.Queue, Priority: ix.Priority, EnqueuedAt: enqueuedAt}
+	s.mu.Unlock()
+	if err := s.router.Enqueue(w); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	gone := State(ix.State) != StateQueued && State(ix.State) != StateOffered
+	s.mu.Unlock()
+	if gone {
+		s.router.Remove(ix.ID)
+	}
+	return nil
+}
+
+// Offer records a reservation granted by the router. Called with the router's lock held.
+func (s *Service) Offer(o router.Offer) {
+	s.mu.Lock()
+	ix, ok := s.live[o.Interaction]
+	if !ok || State(ix.State) != StateQueued {
+		s.mu.Unlock()
+		// The interaction ended while the router reserved: give the agent back.
+		if err := s.agents.Release(o.Grant.Token); err != nil {
+			s.logger.Warn("release stale offer", "interaction", o.Interaction, "err", err)
+		}
+		return
+	}
+	ix.token = o.Grant.Token
+	ix.Agent = o.Grant.Token.Agent
+	if _, err := s.moveLocked(ix, StateOffered, ""); err != nil {
+		s.logger.Error("offer", "interaction", ix.ID, "err", err)
+	}
+	s.mu.Unlock()
+}
+
+// Accept is the agent taking the offer.
+func (s *Service) Accept(id core.InteractionID, by core.AgentID) (uint64, error) {
+	ix, tok, err := s.held(id, by, StateOffered)
+	if err != nil {
+		return 0, err
+	}
+	if err := s.agents.Accept(tok); err != nil {
+		return 0, fmt.Errorf("interaction: accept %s: %w", id, err)
+	}
+	s.mu.Lock()
+	var seq uint64
+	var wait time.Duration
+	if State(ix.State) == StateOffered && ix.token == tok {
+		now := s.clock.Now()
+		ix.AnsweredAt = now.UTC()
+		wait = now.Sub(ix.EnqueuedAt)
+		seq, err = s.moveLocked(ix, StateConnected, "")
+	}
+	q := ix.Queue
+	s.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	s.router.RecordAnswered(q, wait)
+	return seq, nil
+}
+
+// Reject is the agent declining the offer: the interaction goes back to its place in the queue.
+func (s *Service) Reject(id core.InteractionID, by core.AgentID) (uint64, error) {
+	_, tok, err := s.held(id, by, StateOffered)
+	if err != nil {
+		return 0, err
+	}
+	if err := s.agents.Reject(tok); err != nil {
+		return 0, fmt.Errorf("interaction: reject %s: %w", id, err)
+	}
+	return s.requeue(id, tok, "rejected by "+string(by))
+}
+
+// Complete ends the agent's work on a connected interaction; wrap-up follows.
+func (s *Service) Complete(id core.InteractionID, by core.AgentID) (uint64, error) {
+	ix, tok, err := s.held(id, by, StateConnected)
+	if err != nil {
+		return 0, err
+	}
+	qi := s.queues[ix.Queue]
+	s.mu.Lock()
+	seq, err := s.moveLocked(ix, StateWrapUp, "")
+	s.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	if err := s.agents.Complete(tok, qi.cfg.WrapUp.D()); err != nil {
+		return 0, fmt.Errorf("interaction: complete %s: %w", id, err)
+	}
+	return seq, nil
+}
+
+// Abandon ends an interaction at the customer's or an integrator's request.
+func (s *Service) Abandon(id core.InteractionID, reason string) (uint64, error) {
+	s.mu.Lock()
+	ix, ok := s.live[id]
+	if !ok {
+		s.mu.Unlock()
+		return 0, fmt.Errorf("interaction: abandon %s: %w", id, ErrNotFound)
+	}
+	state, tok := State(ix.State), ix.token
+	var seq uint64
+	var err error
+	var wait time.Duration
+	switch state {
+	case StateQueued, StateOffered:
+		wait = s.clock.Now().Sub(ix.EnqueuedAt)
+		seq, err = s.moveLocked(ix, StateAbandoned, reason)
+	case StateConnected:
+		holder := ix.Agent
+		s.mu.Unlock()
+		return s.Complete(id, holder)
+	default:
+		s.mu.Unlock()
+		return 0, fmt.Errorf("interaction: abandon %s in %s: %w", id, state, ErrWrongState)
+	}
+	q := ix.Queue
+	s.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	if state == StateQueued {
+		s.router.Remove(id)
+	} else if err := s.agents.Release(tok); err != nil && !errors.Is(err, agent.ErrLeaseEnded) {
+		s.logger.Warn("release on abandon", "interaction", id, "err", err)
+	}
+	s.router.RecordAbandoned(q, wait)
+	return seq, nil
+}
+
+// TimedOut ends interactions the router dropped at their queue's max wait.
+func (s *Service) TimedOut(w router.Waiting) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ix, ok := s.live[w.ID]; ok && State(ix.State) == StateQueued {
+		if _, err := s.moveLocked(ix, StateTimedOut, "max wait exceeded"); err != nil {
+			s.logger.Error("time out", "interaction", w.ID, "err", err)
+		}
+	}
+}
+
+// LeaseEnded follows leases the agents' owner ended on its own (agent.Observer).
+func (s *Service) LeaseEnded(e agent.LeaseEnd) {
+	switch e.Outcome {
+	case agent.OutcomeExpired:
+		if _, err := s.requeue(e.Interaction, e.Token, "offer expired"); err != nil && !errors.Is(err, ErrWrongState) {
+			s.logger.Warn("requeue after expiry", "interaction", e.Interaction, "err", err)
+		}
+	case agent.OutcomeRevoked:
+		s.mu.Lock()
+		ix, ok := s.live[e.Interaction]
+		state := StateEnded
+		if ok {
+			state = State(ix.State)
+		}
+		s.mu.Unlock()
+		switch state {
+		case StateOffered:
+			if _, err := s.requeue(e.Interaction, e.Token, "agent logged out"); err != nil {
+				s.logger.Warn("requeue after revoke", "interaction", e.Interaction, "err", err)
+			}
+		case StateConnected, StateWrapUp:
+			s.end(e.Interaction, e.Token, "agent logged out")
+		}
+	case agent.OutcomeWrapUpEnded:
+		s.end(e.Interaction, e.Token, "")
+	}
+}
+
+func (s *Service) end(id core.InteractionID, tok agent.Token, reason string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ix, ok := s.live[id]
+	if !ok || ix.token != tok {
+		return
+	}
+	if State(ix.State) == StateConnected {
+		if _, err := s.moveLocked(ix, StateWrapUp, reason); err != nil {
+			s.logger.Error("end", "interaction", id, "err", err)
+			return
+		}
+	}
+	if State(ix.State) == StateWrapUp {
+		ix.EndedAt = s.clock.Now().UTC()
+		if _, err := s.moveLocked(ix, StateEnded, reason); err != nil {
+			s.logger.Error("end", "interaction", id, "err", err)
+		}
+	}
+}
+
+// requeue puts an offered interaction back in its queue at its original place.
+func (s *Service) requeue(id core.InteractionID, tok agent.Token, reason string) (uint64, error) {
+	s.mu.Lock()
+	ix, ok := s.live[id]
+	if !ok {
+		s.mu.Unlock()
+		return 0, fmt.Errorf("interaction: requeue %s: %w", id, ErrNotFound)
+	}
+	if State(ix.State) != StateOffered || ix.token != tok {
+		s.mu.Unlock()
+		return 0, fmt.Errorf("interaction: requeue %s in %s: %w", id, ix.State, ErrWrongState)
+	}
+	ix.token, ix.Agent = agent.Token{}, ""
+	seq, err := s.moveLocked(ix, StateQueued, reason)
+	enq := ix.EnqueuedAt
+	s.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	if err := s.enqueue(ix, enq); err != nil {
+		return s.fail(id, "requeue refused: "+err.Error())
+	}
+	return seq, nil
+}
+
+func (s *Service) fail(id core.InteractionID, reason string) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ix, ok := s.live[id]
+	if !ok {
+		return 0, ErrNotFound
+	}
+	return s.moveLocked(ix, StateFailed, reason)
+}
+
+// held returns the interaction if it is in state want and held by agent by.
+func (s *Service) held(id core.InteractionID, by core.AgentID, want State) (*live, agent.Token, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ix, ok := s.live[id]
+	if !ok {
+		return nil, agent.Token{}, fmt.Errorf("interaction: %s: %w", id, ErrNotFound)
+	}
+	if ix.Agent != by {
+		return nil, agent.Token{}, fmt.Errorf("interaction: %s: %w", id, ErrNotYours)
+	}
+	if State(ix.State) != want {
+		return nil, agent.Token{}, fmt.Errorf("interaction: %s is %s, want %s: %w", id, ix.State, want, ErrWrongState)
+	}
+	return ix, ix.token, nil
+}
+
+// moveLocked applies a lifecycle transition and emits its event.
+func (s *Service) moveLocked(ix *live, to State, reason string) (uint64, error) {
+	from := State(ix.State)
+	if !CanMove(from, to) {
+		return 0, &TransitionError{From: from, To: to}
+	}
+	ix.State = string(to)
+	ix.Previous = string(from)
+	ix.Reason = reason
+	if to.Terminal() && ix.EndedAt.IsZero() {
+		ix.EndedAt = s.clock.Now().UTC()
+	}
+	seq, err := s.emitLocked(ix, string(from))
+	if to.Terminal() {
+		delete(s.live, ix.ID)
+		if s.draining && len(s.live) == 0 && s.idle != nil {
+			close(s.idle)
+			s.idle = nil
+		}
+	}
+	return seq, err
+}
+
+func (s *Service) emitLocked(ix *live, previous string) (uint64, error) {
+	snap := ix.Interaction
+	snap.Previous = previous
+	if ix.Attributes != nil {
+		snap.Attributes = make(map[string]string, len(ix.Attributes))
+		for k, v := range ix.Attributes {
+			snap.Attributes[k] = v
+		}
+	}
+	seq, err := s.log.Append(events.Event{
+		Time: s.clock.Now().UTC(), Type: events.TypeInteraction, Interaction: ix.ID, Queue: ix.Queue, Agent: ix.Agent, Data: snap,
+	})
+	if err != nil {
+		return 0, fmt.Errorf("interaction: record %s: %w", ix.ID, err)
+	}
+	return seq, nil
+}
+
+// Get returns a live interaction's snapshot.
+func (s *Service) Get(id core.InteractionID) (events.Interaction, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ix, ok := s.live[id]
+	if !ok {
+		return events.Interaction{}, false
+	}
+	return ix.Interaction, true
+}
+
+// Held returns the interactions currently offered to or held by an agent.
+func (s *Service) Held(by core.AgentID) []events.Interaction {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []events.Interaction
+	for _, ix := range s.live {
+		if ix.Agent == by {
+			out = append(out, ix.Interaction)
+		}
+	}
+	return out
+}
+
+// Live returns how many interactions are not yet ended.
+func (s *Service) Live() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.live)
+}
+
+// Drain stops accepting new interactions and waits until the live ones end or ctx ends.
+func (s *Service) Drain(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining = true
+	if len(s.live) == 0 {
+		s.mu.Unlock()
+		return nil
+	}
+	if s.idle == nil {
+		s.idle = make(chan struct{})
+	}
+	idle := s.idle
+	n := len(s.live)
+	s.mu.Unlock()
+	s.logger.Info("draining", "live", n)
+	select {
+	case <-idle: // every interaction ended
+		return nil
+	case <-ctx.Done(): // drain timeout
+		return fmt.Errorf("interaction: drain with %d live: %w", s.Live(), ctx.Err())
+	}
+}
+
+// Recover re-queues interactions a previous run left open. Queued and offered ones
+// keep their place in the queue; connected ones are failed, their agent's session
+// having died with the previous run.
+func (s *Service) Recover(open []events.Interaction) error {
+	for _, old := range open {
+		ix := &live{Interaction: old}
+		ix.Agent = ""
+		switch State(old.State) {
+		case StateCreated, StateQueued, StateOffered:
+			if _, ok := s.queues[old.Queue]; !ok {
+				ix.State = string(StateCreated)
+				s.mu.Lock()
+				s.live[ix.ID] = ix
+				_, err := s.moveLocked(ix, StateFailed, "queue no longer configured")
+				s.mu.Unlock()
+				if err != nil {
+					return err
+				}
+				continue
+			}
+			ix.State = string(StateQueued)
+			s.mu.Lock()
+			s.live[ix.ID] = ix
+			_, err := s.emitLocked(ix, old.State)
+			s.mu.Unlock()
+			if err != nil {
+				return err
+			}
+			enq := old.EnqueuedAt
+			if enq.IsZero() {
+				enq = old.CreatedAt
+			}
+			if err := s.enqueue(ix, enq); err != nil {
+				if _, ferr := s.fail(ix.ID, "recovery: "+err.Error()); ferr != nil {
+					return ferr
+				}
+			}
+		default:
+			ix.State = string(StateConnected)
+			s.mu.Lock()
+			s.live[ix.ID] = ix
+			_, err := s.moveLocked(ix, StateFailed, "node restarted while "+old.State)
+			s.mu.Unlock()
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func newID() core.InteractionID {
+	var b [10]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(fmt.Sprintf("interaction: crypto/rand: %v", err)) // never happens on Linux
+	}
+	return core.InteractionID("ix-" + hex.EncodeToString(b[:]))
+}

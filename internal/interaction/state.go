@@ -1,0 +1,65 @@
+// Package interaction holds the one interaction type shared by calls, chats,
+// callbacks and tasks, its lifecycle state machine, and the Service that drives
+// interactions through queueing, offer, connection, wrap-up and end.
+package interaction
+
+import "fmt"
+
+// State is a lifecycle state of an interaction.
+//
+//	created ──► queued ──► offered ──► connected ──► wrap_up ──► ended
+//	   │           │  ▲         │           │
+//	   │           │  └─────────┘ missed offer, rejection, revoked lease
+//	   ▼           ▼
+//	failed     abandoned · timed_out · failed
+type State string
+
+// Lifecycle states.
+const (
+	StateCreated   State = "created"
+	StateQueued    State = "queued"
+	StateOffered   State = "offered"
+	StateConnected State = "connected"
+	StateWrapUp    State = "wrap_up"
+	StateEnded     State = "ended"
+	StateAbandoned State = "abandoned"
+	StateFailed    State = "failed"
+	StateTimedOut  State = "timed_out"
+)
+
+// transitions lists the allowed moves; anything else is a bug or a stale request.
+var transitions = map[State][]State{
+	StateCreated:   {StateQueued, StateFailed, StateAbandoned},
+	StateQueued:    {StateOffered, StateAbandoned, StateTimedOut, StateFailed},
+	StateOffered:   {StateConnected, StateQueued, StateAbandoned, StateFailed},
+	StateConnected: {StateWrapUp, StateEnded, StateFailed},
+	StateWrapUp:    {StateEnded},
+}
+
+// Terminal reports whether s is an end state.
+func (s State) Terminal() bool {
+	switch s {
+	case StateEnded, StateAbandoned, StateFailed, StateTimedOut:
+		return true
+	}
+	return false
+}
+
+// CanMove reports whether from → to is a lifecycle transition.
+func CanMove(from, to State) bool {
+	for _, t := range transitions[from] {
+		if t == to {
+			return true
+		}
+	}
+	return false
+}
+
+// TransitionError is a refused lifecycle move.
+type TransitionError struct {
+	From, To State
+}
+
+func (e *TransitionError) Error() string {
+	return fmt.Sprintf("interaction: cannot move from %s to %s", e.From, e.To)
+}

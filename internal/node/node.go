@@ -1,0 +1,171 @@
+// Package node wires every component of a ccmesh node by hand and owns their
+// start-up and shutdown order.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ccmesh/ccmesh/internal/agent"
+	"github.com/ccmesh/ccmesh/internal/api"
+	"github.com/ccmesh/ccmesh/internal/clock"
+	"github.com/ccmesh/ccmesh/internal/config"
+	"github.com/ccmesh/ccmesh/internal/events"
+	"github.com/ccmesh/ccmesh/internal/interaction"
+	"github.com/ccmesh/ccmesh/internal/router"
+	"github.com/ccmesh/ccmesh/internal/store"
+)
+
+// logWindow is how many events the in-memory log keeps; it is also the most the
+// store writer may lag before producers wait.
+const logWindow = 1 << 16
+
+// Node is one running ccmesh node.
+type Node struct {
+	cfg    *config.Config
+	logger *slog.Logger
+	store  *store.Store
+	log    *events.Log
+	agents *agent.Manager
+	router *router.Router
+	ix     *interaction.Service
+	api    *api.Server
+	ln     net.Listener
+	ready  atomic.Bool
+	start  uint64 // last seq persisted before this run
+}
+
+// New opens storage, builds every component and binds the listeners. Nothing runs
+// until Run.
+func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, error) {
+	n := &Node{cfg: cfg, logger: logger.With("node", cfg.Node.ID)}
+	st, err := store.Open(ctx, cfg.Node.DataDir, n.logger)
+	if err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	n.store = st
+	last, err := st.LastSeq(ctx)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	n.start = last
+	n.log = events.NewLog(last, logWindow, true)
+	clk := clock.Real{}
+	n.agents = agent.NewManager(agent.Params{
+		Node: cfg.Node.ID, Agents: cfg.Agents, Clock: clk, Log: n.log, MissedOffer: cfg.Routing.MissedOffer,
+		Epoch: uint64(time.Now().UnixNano()), Logger: n.logger.With("component", "agent"),
+	})
+	n.ix, err = interaction.NewService(interaction.Params{Queues: cfg.Queues, Log: n.log, Clock: clk, Logger: n.logger.With("component", "interaction")})
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	n.router, err = router.New(router.Params{
+		Queues: cfg.Queues, Agents: cfg.Agents, Reserver: n.agents, Offerer: n.ix, OnTimeout: n.ix.TimedOut,
+		Log: n.log, Clock: clk, Logger: n.logger.With("component", "router"),
+		MaxWaiting: cfg.Routing.MaxWaiting, Candidates: cfg.Routing.DecisionCandidates,
+	})
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	n.ix.Wire(n.agents, n.router)
+	n.agents.SetObserver(n.ix)
+	n.api = api.New(api.Params{
+		Node: cfg.Node.ID, Tokens: cfg.APITokens, Agents: n.agents, Interactions: n.ix, Router: n.router,
+		Store: st, Log: n.log, Logger: n.logger.With("component", "api"), Ready: n.ready.Load,
+	})
+	n.ln, err = net.Listen("tcp", cfg.HTTP.Listen)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("node: listen http %s: %w", cfg.HTTP.Listen, err)
+	}
+	return n, nil
+}
+
+// HTTPAddr is the address the API listens on (useful with port 0).
+func (n *Node) HTTPAddr() string { return n.ln.Addr().String() }
+
+// Run serves until ctx ends, then drains: new interactions are refused while the
+// ones in progress finish, bounded by the drain timeout; then everything stops in
+// order and the store writes what is left.
+func (n *Node) Run(ctx context.Context) error {
+	// The store writer and router outlive ctx: they must run through the drain.
+	bg, stopBG := context.WithCancel(context.Background())
+	defer stopBG()
+	g, gctx := errgroup.WithContext(bg)
+	g.Go(func() error { return n.store.RunWriter(gctx, n.log) })
+	g.Go(func() error { return n.router.Run(gctx, n.start) })
+	// Requests (event streams above all) end when shutdown starts, not after it.
+	hctx, stopHTTP := context.WithCancel(gctx)
+	defer stopHTTP()
+	srv := &http.Server{Handler: n.api, ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return hctx }}
+	srv.RegisterOnShutdown(stopHTTP)
+	g.Go(func() error {
+		if err := srv.Serve(n.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("node: http: %w", err)
+		}
+		return nil
+	})
+
+	open, err := n.store.OpenInteractions(ctx)
+	if err == nil {
+		err = n.ix.Recover(open)
+	}
+	if err != nil {
+		stopBG()
+		_ = g.Wait()
+		n.close()
+		return fmt.Errorf("node: recover interactions: %w", err)
+	}
+	if len(open) > 0 {
+		n.logger.Info("recovered interactions from the previous run", "count", len(open))
+	}
+	_, _ = n.log.Append(events.Event{Time: time.Now().UTC(), Type: events.TypeNode, Data: events.Node{Node: n.cfg.Node.ID, State: "started"}})
+	n.ready.Store(true)
+	n.logger.Info("ready", "http", "http://"+n.HTTPAddr(), "data", n.store.Path(), "agents", len(n.cfg.Agents), "queues", len(n.cfg.Queues))
+
+	var runErr error
+	select {
+	case <-ctx.Done(): // first signal: drain
+	case <-gctx.Done(): // a component failed
+		runErr = errors.New("node: a component stopped")
+	}
+	n.ready.Store(false)
+	n.logger.Info("draining", "timeout", n.cfg.Node.DrainTimeout.D().String())
+	_, _ = n.log.Append(events.Event{Time: time.Now().UTC(), Type: events.TypeNode, Data: events.Node{Node: n.cfg.Node.ID, State: "draining"}})
+	dctx, cancel := context.WithTimeout(context.Background(), n.cfg.Node.DrainTimeout.D())
+	if err := n.ix.Drain(dctx); err != nil {
+		n.logger.Warn("drain incomplete; open interactions resume at next start", "err", err)
+	}
+	cancel()
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_ = srv.Shutdown(sctx)
+	cancel()
+	_, _ = n.log.Append(events.Event{Time: time.Now().UTC(), Type: events.TypeNode, Data: events.Node{Node: n.cfg.Node.ID, State: "stopped"}})
+	stopBG()
+	if err := g.Wait(); err != nil && runErr == nil {
+		runErr = err
+	} else if err != nil {
+		runErr = fmt.Errorf("%w: %w", runErr, err)
+	}
+	n.close()
+	n.logger.Info("stopped")
+	return runErr
+}
+
+func (n *Node) close() {
+	n.log.Close()
+	if err := n.store.Close(); err != nil {
+		n.logger.Error("close store", "err", err)
+	}
+}

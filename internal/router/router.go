@@ -1,0 +1,677 @@
+// Package router matches waiting interactions with agents. It is channel-agnostic:
+// it knows queues, skills, priorities, strategies and overflow steps, and a view of
+// agent availability fed by the agents' owners' events. It never talks SIP or XMPP.
+//
+// Both directions of matching are handled:
+//   - an interaction arrives (Enqueue): if nothing waits ahead of it, the best
+//     available agent is chosen by the queue's strategy and reserved at its owner;
+//   - an agent frees up (an agent event with free capacity): the best waiting
+//     interaction (highest priority, then longest wait) among every queue the agent
+//     is eligible for, at the interaction's current overflow step, gets the agent.
+//
+// A denied reservation moves on to the next candidate. Every decision, with its
+// candidates and scores, is appended to the event log.
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/ccmesh/ccmesh/internal/agent"
+	"github.com/ccmesh/ccmesh/internal/clock"
+	"github.com/ccmesh/ccmesh/internal/config"
+	"github.com/ccmesh/ccmesh/internal/core"
+	"github.com/ccmesh/ccmesh/internal/events"
+)
+
+// Errors returned by Enqueue.
+var (
+	// ErrUnknownQueue: no such queue.
+	ErrUnknownQueue = errors.New("unknown queue")
+	// ErrFull: the node's waiting limit is reached (backpressure: answer busy).
+	ErrFull = errors.New("too many interactions waiting")
+	// ErrAlreadyQueued: the interaction is already waiting.
+	ErrAlreadyQueued = errors.New("interaction already queued")
+)
+
+// Reserver reserves agents at their owner. Reserve may block (a remote owner) and
+// must be safe for concurrent use. A refusal is an *agent.DenyError.
+type Reserver interface {
+	Reserve(agent.ReserveRequest) (agent.Grant, error)
+}
+
+// Offerer receives each granted reservation. Offer is called with the router's lock
+// held: it must not block and must not call back into the Router.
+type Offerer interface {
+	Offer(o Offer)
+}
+
+// Offer is a granted reservation handed to the interaction's holder.
+type Offer struct {
+	Interaction core.InteractionID
+	Queue       core.QueueID
+	Grant       agent.Grant
+	// Wait is how long the interaction waited before this offer.
+	Wait time.Duration
+}
+
+// Waiting describes an interaction to queue.
+type Waiting struct {
+	ID       core.InteractionID
+	Channel  core.Channel
+	Queue    core.QueueID
+	Priority int
+	// EnqueuedAt is when the interaction first entered the queue; re-queueing after
+	// a missed offer keeps it, so the interaction keeps its place.
+	EnqueuedAt time.Time
+}
+
+// TimeoutFunc is called (without the router lock) for interactions whose queue's max
+// wait passed; they have left the queue.
+type TimeoutFunc func(w Waiting)
+
+// Params are the Router's dependencies.
+type Params struct {
+	Queues []config.Queue
+	// Agents are every agent the router may route to (in a cluster: all of them).
+	Agents   []config.Agent
+	Reserver Reserver
+	Offerer  Offerer
+	// OnTimeout is told of interactions that exceeded their queue's max wait.
+	OnTimeout TimeoutFunc
+	Log       *events.Log
+	Clock     clock.Clock
+	Logger    *slog.Logger
+	// MaxWaiting bounds waiting interactions across queues.
+	MaxWaiting int
+	// Candidates is how many ranked candidates a decision records and tries.
+	Candidates int
+	// TickInterval is how often overflow steps and max wait are checked (default 250ms).
+	TickInterval time.Duration
+}
+
+type agentView struct {
+	id     core.AgentID
+	index  int // position in the sorted agent list, for round-robin
+	skills map[core.SkillName]int
+	ready  bool
+	cap    [core.NumChannels]int
+	used   [core.NumChannels]int
+	// idleSince orders longest-idle.
+	idleSince time.Time
+	version   uint64
+	// queues lists the queues this agent can serve and from which step.
+	queues []queueStep
+}
+
+type queueStep struct {
+	q       *queue
+	minStep int
+}
+
+type step struct {
+	after    time.Duration
+	relax    int
+	queues   []core.QueueID
+	eligible []*agentView
+	skillSum map[core.AgentID]int
+}
+
+type queue struct {
+	cfg   config.Queue
+	steps []step // steps[0] is the base criteria
+	// waiting is kept sorted: priority desc, enqueuedAt asc, seq asc.
+	waiting []*waiter
+	rrLast  int // round-robin: index of the last agent chosen, -1 at start
+	stats   queueCounters
+}
+
+type queueCounters struct {
+	offered, answered, answeredInSL, abandoned, abandonedAfterSL, timedOut uint64
+}
+
+type waiter struct {
+	Waiting
+	seq      uint64
+	q        *queue
+	lastStep int
+}
+
+// Router is safe for concurrent use. One mutex guards the queues and the agent view.
+type Router struct {
+	reserver   Reserver
+	offerer    Offerer
+	onTimeout  TimeoutFunc
+	log        *events.Log
+	clock      clock.Clock
+	logger     *slog.Logger
+	maxWaiting int
+	candidates int
+	tick       time.Duration
+
+	// mu guards everything below.
+	mu       sync.Mutex
+	queues   map[core.QueueID]*queue
+	order    []*queue // queues in config order
+	agents   map[core.AgentID]*agentView
+	byIndex  []*agentView
+	waiters  map[core.InteractionID]*waiter
+	nextSeq  uint64
+	feedSeq  uint64 // last event seq applied from the log
+	draining bool
+}
+
+// New compiles the queues' eligibility and returns a Router with every agent unavailable.
+func New(p Params) (*Router, error) {
+	r := &Router{
+		reserver: p.Reserver, offerer: p.Offerer, onTimeout: p.OnTimeout, log: p.Log, clock: p.Clock, logger: p.Logger,
+		maxWaiting: p.MaxWaiting, candidates: p.Candidates, tick: p.TickInterval,
+		queues: map[core.QueueID]*queue{}, agents: map[core.AgentID]*agentView{}, waiters: map[core.InteractionID]*waiter{},
+	}
+	if r.logger == nil {
+		r.logger = slog.Default()
+	}
+	if r.maxWaiting <= 0 {
+		r.maxWaiting = 100000
+	}
+	if r.candidates <= 0 {
+		r.candidates = 10
+	}
+	if r.tick <= 0 {
+		r.tick = 250 * time.Millisecond
+	}
+	agents := append([]config.Agent(nil), p.Agents...)
+	sort.Slice(agents, func(i, j int) bool { return agents[i].ID < agents[j].ID })
+	for i, a := range agents {
+		v := &agentView{id: a.ID, index: i, skills: a.Skills}
+		for _, ch := range core.Channels {
+			v.cap[ch.Index()] = a.CapacityFor(ch)
+		}
+		r.agents[a.ID] = v
+		r.byIndex = append(r.byIndex, v)
+	}
+	for _, qc := range p.Queues {
+		q := &queue{cfg: qc, rrLast: -1}
+		r.queues[qc.ID] = q
+		r.order = append(r.order, q)
+	}
+	for _, q := range r.order {
+		if err := r.compile(q); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+// eligibleBase reports whether the agent meets the queue's skills lowered by relax.
+func eligibleBase(v *agentView, need map[core.SkillName]int, relax int) (bool, int) {
+	sum := 0
+	for s, min := range need {
+		lvl, ok := v.skills[s]
+		if !ok || lvl < min-relax {
+			return false, 0
+		}
+		sum += lvl
+	}
+	return true, sum
+}
+
+func (r *Router) compile(q *queue) error {
+	type crit struct {
+		after  time.Duration
+		relax  int
+		queues []core.QueueID
+	}
+	crits := []crit{{}}
+	relax := 0
+	var added []core.QueueID
+	for i, s := range q.cfg.Overflow {
+		if s.Relax > relax {
+			relax = s.Relax
+		}
+		for _, id := range s.AddQueues {
+			if _, ok := r.queues[id]; !ok {
+				return fmt.Errorf("router: queue %s overflow[%d]: %w: %s", q.cfg.ID, i, ErrUnknownQueue, id)
+			}
+			added = append(added, id)
+		}
+		crits = append(crits, crit{after: s.After.D(), relax: relax, queues: append([]core.QueueID(nil), added...)})
+	}
+	for si, c := range crits {
+		st := step{after: c.after, relax: c.relax, queues: append([]core.QueueID{q.cfg.ID}, c.queues...), skillSum: map[core.AgentID]int{}}
+		for _, v := range r.byIndex {
+			ok, sum := eligibleBase(v, q.cfg.Skills, c.relax)
+			if !ok {
+				for _, other := range c.queues {
+					if ok2, _ := eligibleBase(v, r.queues[other].cfg.Skills, 0); ok2 {
+						ok = true
+						_, sum = eligibleBase(v, q.cfg.Skills, 10)
+						break
+					}
+				}
+			}
+			if !ok {
+				continue
+			}
+			st.eligible = append(st.eligible, v)
+			st.skillSum[v.id] = sum
+			if !v.hasQueue(q) {
+				v.queues = append(v.queues, queueStep{q: q, minStep: si})
+			}
+		}
+		q.steps = append(q.steps, st)
+	}
+	return nil
+}
+
+func (v *agentView) hasQueue(q *queue) bool {
+	for _, qs := range v.queues {
+		if qs.q == q {
+			return true
+		}
+	}
+	return false
+}
+
+// stepAt returns the overflow step in force after waiting wait.
+func (q *queue) stepAt(wait time.Duration) int {
+	s := 0
+	for i := 1; i < len(q.steps); i++ {
+		if wait >= q.steps[i].after {
+			s = i
+		}
+	}
+	return s
+}
+
+func (v *agentView) free(ci int) bool {
+	return v.ready && v.used[ci] < v.cap[ci]
+}
+
+// less orders waiting interactions: priority desc, then enqueue time, then arrival.
+func less(a, b *waiter) bool {
+	if a.Priority != b.Priority {
+		return a.Priority > b.Priority
+	}
+	if !a.EnqueuedAt.Equal(b.EnqueuedAt) {
+		return a.EnqueuedAt.Before(b.EnqueuedAt)
+	}
+	return a.seq < b.seq
+}
+
+// Enqueue queues an interaction and, if nothing of its channel waits ahead of it in
+// its queue, tries to reserve an agent for it at once.
+func (r *Router) Enqueue(w Waiting) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	q, ok := r.queues[w.Queue]
+	if !ok {
+		return fmt.Errorf("router: enqueue %s: %w: %s", w.ID, ErrUnknownQueue, w.Queue)
+	}
+	if _, dup := r.waiters[w.ID]; dup {
+		return fmt.Errorf("router: enqueue %s: %w", w.ID, ErrAlreadyQueued)
+	}
+	if len(r.waiters) >= r.maxWaiting {
+		return fmt.Errorf("router: enqueue %s: %w (%d)", w.ID, ErrFull, r.maxWaiting)
+	}
+	if w.EnqueuedAt.IsZero() {
+		w.EnqueuedAt = r.clock.Now()
+	}
+	r.nextSeq++
+	wt := &waiter{Waiting: w, seq: r.nextSeq, q: q}
+	i := sort.Search(len(q.waiting), func(i int) bool { return less(wt, q.waiting[i]) })
+	q.waiting = append(q.waiting, nil)
+	copy(q.waiting[i+1:], q.waiting[i:])
+	q.waiting[i] = wt
+	r.waiters[w.ID] = wt
+	for _, ahead := range q.waiting[:i] {
+		if ahead.Channel == w.Channel {
+			return nil // the ones ahead get agents first
+		}
+	}
+	r.routeLocked(wt, "interaction_arrived")
+	return nil
+}
+
+// Remove takes an interaction out of its queue; it reports whether it was waiting.
+func (r *Router) Remove(id core.InteractionID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	wt, ok := r.waiters[id]
+	if !ok {
+		return false
+	}
+	r.removeLocked(wt)
+	return true
+}
+
+func (r *Router) removeLocked(wt *waiter) {
+	delete(r.waiters, wt.ID)
+	q := wt.q
+	for i, x := range q.waiting {
+		if x == wt {
+			q.waiting = append(q.waiting[:i], q.waiting[i+1:]...)
+			return
+		}
+	}
+}
+
+type scored struct {
+	v     *agentView
+	score float64
+	tie   int64 // lower wins: idle-since nanoseconds
+	why   string
+}
+
+// rank returns the top-n available agents for wt at its step, best first, and the
+// number of agents eligible by skill.
+func (r *Router) rank(wt *waiter, st *step, now time.Time, n int) ([]scored, int) {
+	ci := wt.Channel.Index()
+	q := wt.q
+	top := make([]scored, 0, n)
+	for _, v := range st.eligible {
+		if !v.free(ci) {
+			continue
+		}
+		c := scored{v: v, tie: v.idleSince.UnixNano()}
+		switch q.cfg.Strategy {
+		case config.StrategyMostSkilled:
+			c.score = float64(st.skillSum[v.id])
+		case config.StrategyRoundRobin:
+			c.score = -float64((v.index - q.rrLast - 1 + 2*len(r.byIndex)) % len(r.byIndex))
+		case config.StrategyLeastOccupied:
+			c.score = -float64(v.used[ci]) / float64(v.cap[ci])
+		default: // longest-idle
+			c.score = float64(now.Sub(v.idleSince).Milliseconds())
+		}
+		// Insert into top (kept sorted, best first, at most n).
+		pos := len(top)
+		for pos > 0 && better(c, top[pos-1]) {
+			pos--
+		}
+		if pos >= n {
+			continue
+		}
+		if len(top) < n {
+			top = append(top, scored{})
+		}
+		copy(top[pos+1:], top[pos:len(top)-1])
+		top[pos] = c
+	}
+	return top, len(st.eligible)
+}
+
+func better(a, b scored) bool {
+	if a.score != b.score {
+		return a.score > b.score
+	}
+	if a.tie != b.tie {
+		return a.tie < b.tie
+	}
+	return a.v.index < b.v.index
+}
+
+func why(strategy config.Strategy, c scored, now time.Time) string {
+	switch strategy {
+	case config.StrategyMostSkilled:
+		return "skill sum " + strconv.FormatFloat(c.score, 'f', 0, 64)
+	case config.StrategyRoundRobin:
+		return "round-robin distance " + strconv.FormatFloat(-c.score, 'f', 0, 64)
+	case config.StrategyLeastOccupied:
+		return "occupancy " + strconv.FormatFloat(-c.score*100, 'f', 0, 64) + "%"
+	}
+	return "idle " + now.Sub(c.v.idleSince).Round(time.Millisecond).String()
+}
+
+// routeLocked tries to reserve an agent for wt; on success wt leaves the queue.
+func (r *Router) routeLocked(wt *waiter, direction string) bool {
+	if r.draining {
+		return false
+	}
+	start := r.clock.Now()
+	q := wt.q
+	wait := start.Sub(wt.EnqueuedAt)
+	si := q.stepAt(wait)
+	wt.lastStep = si
+	st := &q.steps[si]
+	top, eligible := r.rank(wt, st, start, r.candidates)
+	d := events.Decision{
+		Direction: direction, Strategy: string(q.cfg.Strategy), Step: si, Queues: st.queues,
+		Eligible: eligible, Candidates: make([]events.Candidate, len(top)), WaitMillis: wait.Milliseconds(),
+	}
+	for i, c := range top {
+		d.Candidates[i] = events.Candidate{Agent: c.v.id, Score: c.score, Why: why(q.cfg.Strategy, c, start), Result: "not_tried"}
+	}
+	granted := false
+	for i, c := range top {
+		g, err := r.reserver.Reserve(agent.ReserveRequest{
+			Agent: c.v.id, Interaction: wt.ID, Channel: wt.Channel, TTL: q.cfg.OfferTimeout.D(),
+		})
+		if err != nil {
+			var deny *agent.DenyError
+			if errors.As(err, &deny) {
+				d.Candidates[i].Result = "denied:" + string(deny.Reason)
+				// Our view was stale: mark the agent unavailable on this channel until its next event.
+				c.v.used[wt.Channel.Index()] = c.v.cap[wt.Channel.Index()]
+				continue
+			}
+			d.Candidates[i].Result = "error:" + err.Error()
+			r.logger.Warn("reserve failed", "agent", c.v.id, "interaction", wt.ID, "err", err)
+			continue
+		}
+		d.Candidates[i].Result = "granted"
+		d.Chosen = c.v.id
+		r.applyStateLocked(c.v, g.State)
+		if q.cfg.Strategy == config.StrategyRoundRobin {
+			q.rrLast = c.v.index
+		}
+		r.removeLocked(wt)
+		q.stats.offered++
+		r.offerer.Offer(Offer{Interaction: wt.ID, Queue: q.cfg.ID, Grant: g, Wait: wait})
+		granted = true
+		break
+	}
+	switch {
+	case granted:
+		d.Outcome = "reserved"
+	case len(top) == 0:
+		d.Outcome = "no_agent"
+	default:
+		d.Outcome = "all_denied"
+	}
+	d.DecisionMicros = r.clock.Now().Sub(start).Microseconds()
+	if _, err := r.log.Append(events.Event{
+		Time: start.UTC(), Type: events.TypeDecision, Interaction: wt.ID, Queue: q.cfg.ID, Data: d,
+	}); err != nil {
+		r.logger.Error("record decision", "interaction", wt.ID, "err", err)
+	}
+	return granted
+}
+
+// ApplyAgentState updates the view of one agent from its owner's event and, if the
+// agent has free capacity, offers it the best waiting interaction.
+func (r *Router) ApplyAgentState(id core.AgentID, st events.AgentState) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	v, ok := r.agents[id]
+	if !ok || st.Version <= v.version {
+		return
+	}
+	r.applyStateLocked(v, st)
+	r.agentFreedLocked(v)
+}
+
+func (r *Router) applyStateLocked(v *agentView, st events.AgentState) {
+	if st.Version < v.version {
+		return
+	}
+	v.version = st.Version
+	v.ready = st.Presence == "ready"
+	v.idleSince = st.IdleSince
+	v.used = [core.NumChannels]int{}
+	for _, l := range st.Load {
+		if i := l.Channel.Index(); i >= 0 {
+			v.cap[i] = l.Capacity
+			v.used[i] = l.Offered + l.Busy + l.WrapUp
+		}
+	}
+}
+
+// agentFreedLocked gives agent v the best waiting interactions it can take, channel
+// by channel, while it has free capacity.
+func (r *Router) agentFreedLocked(v *agentView) {
+	if !v.ready || len(r.waiters) == 0 {
+		return
+	}
+	now := r.clock.Now()
+	for _, ch := range core.Channels {
+		ci := ch.Index()
+		for v.free(ci) {
+			var best *waiter
+			for _, qs := range v.queues {
+				for _, w := range qs.q.waiting {
+					if w.Channel != ch || qs.q.stepAt(now.Sub(w.EnqueuedAt)) < qs.minStep {
+						continue
+					}
+					if best == nil || less(w, best) {
+						best = w
+					}
+					break // waiting is sorted: the first fit is the queue's best
+				}
+			}
+			if best == nil || !r.routeAgentLocked(best, v) {
+				break
+			}
+		}
+	}
+}
+
+// routeAgentLocked reserves agent v for wt (agent-freed direction).
+func (r *Router) routeAgentLocked(wt *waiter, v *agentView) bool {
+	start := r.clock.Now()
+	q := wt.q
+	wait := start.Sub(wt.EnqueuedAt)
+	si := q.stepAt(wait)
+	st := &q.steps[si]
+	d := events.Decision{
+		Direction: "agent_freed", Strategy: string(q.cfg.Strategy), Step: si, Queues: st.queues,
+		Eligible: len(st.eligible), WaitMillis: wait.Milliseconds(),
+		Candidates: []events.Candidate{{Agent: v.id, Why: "agent became free; interaction waited " + wait.Round(time.Millisecond).String() + " at priority " + strconv.Itoa(wt.Priority)}},
+	}
+	g, err := r.reserver.Reserve(agent.ReserveRequest{Agent: v.id, Interaction: wt.ID, Channel: wt.Channel, TTL: q.cfg.OfferTimeout.D()})
+	granted := err == nil
+	if granted {
+		d.Candidates[0].Result, d.Chosen, d.Outcome = "granted", v.id, "reserved"
+		r.applyStateLocked(v, g.State)
+		if q.cfg.Strategy == config.StrategyRoundRobin {
+			q.rrLast = v.index
+		}
+		r.removeLocked(wt)
+		q.stats.offered++
+		r.offerer.Offer(Offer{Interaction: wt.ID, Queue: q.cfg.ID, Grant: g, Wait: wait})
+	} else {
+		d.Outcome = "all_denied"
+		var deny *agent.DenyError
+		if errors.As(err, &deny) {
+			d.Candidates[0].Result = "denied:" + string(deny.Reason)
+		} else {
+			d.Candidates[0].Result = "error:" + err.Error()
+		}
+		v.used[wt.Channel.Index()] = v.cap[wt.Channel.Index()]
+	}
+	d.DecisionMicros = r.clock.Now().Sub(start).Microseconds()
+	if _, err := r.log.Append(events.Event{Time: start.UTC(), Type: events.TypeDecision, Interaction: wt.ID, Queue: q.cfg.ID, Data: d}); err != nil {
+		r.logger.Error("record decision", "interaction", wt.ID, "err", err)
+	}
+	return granted
+}
+
+// Tick applies overflow steps and max wait. Run calls it every TickInterval; tests
+// call it after moving a fake clock.
+func (r *Router) Tick() {
+	var timedOut []Waiting
+	r.mu.Lock()
+	now := r.clock.Now()
+	for _, q := range r.order {
+		if len(q.waiting) == 0 || (len(q.steps) == 1 && q.cfg.MaxWait == 0) {
+			continue
+		}
+		for _, w := range append([]*waiter(nil), q.waiting...) {
+			wait := now.Sub(w.EnqueuedAt)
+			if q.cfg.MaxWait > 0 && wait >= q.cfg.MaxWait.D() {
+				r.removeLocked(w)
+				q.stats.timedOut++
+				timedOut = append(timedOut, w.Waiting)
+				continue
+			}
+			if s := q.stepAt(wait); s > w.lastStep {
+				r.routeLocked(w, "overflow_step")
+			}
+		}
+	}
+	r.mu.Unlock()
+	if r.onTimeout != nil {
+		for _, w := range timedOut {
+			r.onTimeout(w)
+		}
+	}
+}
+
+// SetDraining stops (or resumes) new reservations; queued interactions stay queued.
+func (r *Router) SetDraining(d bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.draining = d
+}
+
+// Run follows the event log from seq after, applying agent events to the view, and
+// ticks overflow. It returns when ctx ends.
+func (r *Router) Run(ctx context.Context, after uint64) error {
+	t := time.NewTicker(r.tick)
+	defer t.Stop()
+	buf := make([]events.Event, 0, 512)
+	for {
+		evs, more, err := r.log.Read(after, 512, buf)
+		if errors.Is(err, events.ErrClosed) {
+			return nil
+		}
+		if err != nil {
+			// We fell out of the window: resync from nothing newer than now.
+			r.logger.Warn("router feed gap; resyncing", "after", after, "err", err)
+			after = r.log.LastSeq()
+			continue
+		}
+		for _, ev := range evs {
+			after = ev.Seq
+			if ev.Type == events.TypeAgentState {
+				if st, ok := ev.Data.(events.AgentState); ok {
+					r.ApplyAgentState(ev.Agent, st)
+				}
+			}
+		}
+		r.mu.Lock()
+		r.feedSeq = after
+		r.mu.Unlock()
+		if len(evs) > 0 {
+			select {
+			case <-t.C: // a busy feed must not starve overflow and max wait
+				r.Tick()
+			default: // keep reading
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done(): // shutting down
+			return nil
+		case <-more: // new events appended
+		case <-t.C: // overflow steps and max wait
+			r.Tick()
+		}
+	}
+}

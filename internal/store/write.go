@@ -1,0 +1,304 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ccmesh/ccmesh/internal/events"
+)
+
+const (
+	sqlInsertEvent = `INSERT OR IGNORE INTO events(seq, time, type, agent, interaction, queue, data)
+VALUES (?, ?, ?, ?, ?, ?, ?)`
+	// The WHERE keeps the newest state when batches are replayed out of order.
+	sqlUpsertInteraction = `INSERT INTO interactions(id, channel, queue, priority, state, previous, agent, reason,
+	created_at, enqueued_at, answered_at, ended_at, attributes, updated_seq)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(id) DO UPDATE SET
+	channel = excluded.channel, queue = excluded.queue, priority = excluded.priority,
+	state = excluded.state, previous = excluded.previous, agent = excluded.agent,
+	reason = excluded.reason, created_at = excluded.created_at,
+	enqueued_at = excluded.enqueued_at, answered_at = excluded.answered_at,
+	ended_at = excluded.ended_at, attributes = excluded.attributes,
+	updated_seq = excluded.updated_seq
+WHERE excluded.updated_seq > interactions.updated_seq`
+	sqlInsertAgentState = `INSERT OR IGNORE INTO agent_state_history(seq, agent, time, state, reason, cause, version, epoch, load)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	sqlInsertDecision = `INSERT OR IGNORE INTO routing_decisions(seq, interaction, queue, time, direction, strategy, step,
+	chosen, outcome, candidates, data)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	sqlInsertLease = `INSERT OR IGNORE INTO leases(seq, agent, interaction, lease, epoch, channel, outcome, time)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
+)
+
+// nullStr stores the empty string as NULL.
+func nullStr[S ~string](s S) any {
+	if s == "" {
+		return nil
+	}
+	return string(s)
+}
+
+// nullJSON marshals v, storing nil/empty values as NULL.
+func nullJSON[T any](v []T) (any, error) {
+	if len(v) == 0 {
+		return nil, nil
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return string(b), nil
+}
+
+// payload returns Data as a T whether it holds a T or a *T.
+func payload[T any](d any) (T, bool) {
+	switch v := d.(type) {
+	case T:
+		return v, true
+	case *T:
+		if v != nil {
+			return *v, true
+		}
+	}
+	var zero T
+	return zero, false
+}
+
+// WriteBatch writes evs and their projection rows in one transaction. It is
+// idempotent on seq: an event whose seq is already stored is skipped together with
+// its projections, so replaying a batch after a crash is harmless. Payloads of
+// unexpected types are stored in events but not projected. WriteBatch may block on
+// disk I/O; it is safe for concurrent use (writes are serialised).
+func (s *Store) WriteBatch(ctx context.Context, evs []events.Event) (err error) {
+	if len(evs) == 0 {
+		return nil
+	}
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("store: write batch: begin: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback()
+		}
+	}()
+	insEvent := tx.StmtContext(ctx, s.insEvent)
+	// Projection statements are bound to the tx only when first needed.
+	var upInteraction, insAgentState, insDecision, insLease *sql.Stmt
+	bind := func(p **sql.Stmt, base *sql.Stmt) *sql.Stmt {
+		if *p == nil {
+			*p = tx.StmtContext(ctx, base)
+		}
+		return *p
+	}
+	for i := range evs {
+		e := &evs[i]
+		data, err := json.Marshal(e.Data)
+		if err != nil {
+			return fmt.Errorf("store: write batch: marshal event %d (%s): %w", e.Seq, e.Type, err)
+		}
+		res, err := insEvent.ExecContext(ctx, int64(e.Seq), fmtTime(e.Time), string(e.Type),
+			nullStr(e.Agent), nullStr(e.Interaction), nullStr(e.Queue), string(data))
+		if err != nil {
+			return fmt.Errorf("store: write batch: insert event %d: %w", e.Seq, err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return fmt.Errorf("store: write batch: insert event %d: %w", e.Seq, err)
+		} else if n == 0 {
+			continue // already stored, with its projection
+		}
+		switch e.Type {
+		case events.TypeInteraction:
+			it, ok := payload[events.Interaction](e.Data)
+			if !ok {
+				break
+			}
+			err = s.projectInteraction(ctx, bind(&upInteraction, s.upInteraction), e, it)
+		case events.TypeAgentState:
+			as, ok := payload[events.AgentState](e.Data)
+			if !ok {
+				break
+			}
+			err = s.projectAgentState(ctx, bind(&insAgentState, s.insAgentState), e, as)
+		case events.TypeDecision:
+			d, ok := payload[events.Decision](e.Data)
+			if !ok {
+				break
+			}
+			err = s.projectDecision(ctx, bind(&insDecision, s.insDecision), e, d, data)
+		case events.TypeLease:
+			l, ok := payload[events.Lease](e.Data)
+			if !ok {
+				break
+			}
+			err = s.projectLease(ctx, bind(&insLease, s.insLease), e, l)
+		}
+		if err != nil {
+			return fmt.Errorf("store: write batch: project event %d (%s): %w", e.Seq, e.Type, err)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("store: write batch: commit: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) projectInteraction(ctx context.Context, st *sql.Stmt, e *events.Event, it events.Interaction) error {
+	var attrs any
+	if len(it.Attributes) > 0 {
+		b, err := json.Marshal(it.Attributes)
+		if err != nil {
+			return err
+		}
+		attrs = string(b)
+	}
+	id := it.ID
+	if id == "" {
+		id = e.Interaction
+	}
+	_, err := st.ExecContext(ctx, string(id), string(it.Channel), nullStr(it.Queue), it.Priority,
+		it.State, nullStr(it.Previous), nullStr(it.Agent), nullStr(it.Reason),
+		fmtTime(it.CreatedAt), nullTime(it.EnqueuedAt), nullTime(it.AnsweredAt), nullTime(it.EndedAt),
+		attrs, int64(e.Seq))
+	return err
+}
+
+func (s *Store) projectAgentState(ctx context.Context, st *sql.Stmt, e *events.Event, as events.AgentState) error {
+	load, err := nullJSON(as.Load)
+	if err != nil {
+		return err
+	}
+	_, err = st.ExecContext(ctx, int64(e.Seq), string(e.Agent), fmtTime(e.Time), as.State,
+		nullStr(as.Reason), nullStr(as.Cause), int64(as.Version), int64(as.Epoch), load)
+	return err
+}
+
+func (s *Store) projectDecision(ctx context.Context, st *sql.Stmt, e *events.Event, d events.Decision, data []byte) error {
+	cands, err := nullJSON(d.Candidates)
+	if err != nil {
+		return err
+	}
+	_, err = st.ExecContext(ctx, int64(e.Seq), nullStr(e.Interaction), nullStr(e.Queue), fmtTime(e.Time),
+		d.Direction, d.Strategy, d.Step, nullStr(d.Chosen), d.Outcome, cands, string(data))
+	return err
+}
+
+func (s *Store) projectLease(ctx context.Context, st *sql.Stmt, e *events.Event, l events.Lease) error {
+	_, err := st.ExecContext(ctx, int64(e.Seq), string(e.Agent), nullStr(e.Interaction),
+		int64(l.Lease), int64(l.Epoch), nullStr(l.Channel), l.Outcome, fmtTime(e.Time))
+	return err
+}
+
+// Writer tuning.
+const (
+	readBatch     = 1000
+	writeAttempts = 5
+	firstBackoff  = 50 * time.Millisecond
+	drainTimeout  = 5 * time.Second
+)
+
+// RunWriter is the node's single store writer. Starting after l.DurableSeq(), it
+// reads events from l in batches, writes each with WriteBatch and then marks it
+// durable on the log, which releases waiters of Log.WaitDurable. It blocks until ctx
+// ends, then drains — writes everything appended up to that point, within a few
+// seconds — and returns nil. A write that still fails after retries, a gap in the
+// log (a bug: the log never evicts non-durable events) or a drain that cannot finish
+// ends it with an error. Run at most one RunWriter per store and log.
+func (s *Store) RunWriter(ctx context.Context, l *events.Log) error {
+	after := l.DurableSeq()
+	buf := make([]events.Event, 0, readBatch)
+	// Writes in progress are not cancelled by shutdown; they are bounded by retries.
+	wctx := context.WithoutCancel(ctx)
+	for {
+		if ctx.Err() != nil {
+			return s.drain(l, after, buf)
+		}
+		evs, more, err := l.Read(after, readBatch, buf)
+		if err != nil {
+			return s.readError(l, after, err)
+		}
+		if len(evs) == 0 {
+			select {
+			case <-more: // new events were appended (or the log closed): read again
+			case <-ctx.Done(): // shutdown: drain what is already appended, then stop
+				return s.drain(l, after, buf)
+			}
+			continue
+		}
+		if err := s.writeRetry(wctx, evs); err != nil {
+			return err
+		}
+		after = evs[len(evs)-1].Seq
+		l.MarkDurable(after)
+	}
+}
+
+// drain writes every event appended up to now, within drainTimeout.
+func (s *Store) drain(l *events.Log, after uint64, buf []events.Event) error {
+	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	target := l.LastSeq()
+	start := after
+	for after < target {
+		evs, _, err := l.Read(after, readBatch, buf)
+		if err != nil {
+			return s.readError(l, after, err)
+		}
+		if len(evs) == 0 {
+			break
+		}
+		if err := s.writeRetry(ctx, evs); err != nil {
+			return fmt.Errorf("store: writer: drain: %w", err)
+		}
+		after = evs[len(evs)-1].Seq
+		l.MarkDurable(after)
+	}
+	s.log.Info("store writer stopped", "drained", after-start, "durable_seq", after)
+	return nil
+}
+
+func (s *Store) readError(l *events.Log, after uint64, err error) error {
+	if errors.Is(err, events.ErrClosed) {
+		// The log was closed under the writer; only a problem if events are lost.
+		if last := l.LastSeq(); last > after {
+			return fmt.Errorf("store: writer: log closed with %d events not durable (seq %d..%d): %w",
+				last-after, after+1, last, err)
+		}
+		s.log.Info("store writer stopped: log closed", "durable_seq", after)
+		return nil
+	}
+	// ErrGap: the log evicted an event the store never confirmed. That is a bug.
+	return fmt.Errorf("store: writer: read after seq %d: %w", after, err)
+}
+
+// writeRetry writes evs, retrying with exponential backoff before giving up.
+func (s *Store) writeRetry(ctx context.Context, evs []events.Event) error {
+	backoff := firstBackoff
+	var err error
+	for attempt := 1; ; attempt++ {
+		if err = s.WriteBatch(ctx, evs); err == nil {
+			return nil
+		}
+		first, last := evs[0].Seq, evs[len(evs)-1].Seq
+		if attempt == writeAttempts {
+			s.log.Error("store write failed, giving up", "first_seq", first, "last_seq", last,
+				"attempts", attempt, "err", err)
+			return fmt.Errorf("store: writer: seq %d..%d after %d attempts: %w", first, last, attempt, err)
+		}
+		s.log.Warn("store write failed, retrying", "first_seq", first, "last_seq", last,
+			"attempt", attempt, "backoff", backoff, "err", err)
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C: // backoff elapsed: retry
+		case <-ctx.Done(): // drain deadline passed: give up
+			t.Stop()
+			return fmt.Errorf("store: writer: seq %d..%d: %w (last error: %w)", first, last, ctx.Err(), err)
+		}
+		backoff *= 2
+	}
+}
