@@ -154,7 +154,7 @@ func (p principal) staff() bool {
 // policy decides whether a principal may call an endpoint, given the {id} path value.
 type policy func(p principal, id string) bool
 
-func anyone(principal, string) bool        { return true }
+func anyone(principal, string) bool         { return true }
 func staff(p principal, _ string) bool      { return p.staff() }
 func tokens(p principal, _ string) bool     { return p.role != "" }
 func agentsOnly(p principal, _ string) bool { return p.agent != "" }
