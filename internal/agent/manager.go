@@ -323,13 +323,14 @@ func (m *Manager) reserveLocked(req ReserveRequest) (Grant, error) {
 		return Grant{}, &DenyError{Agent: req.Agent, Reason: DenyNotReady}
 	case a.capacity[ci] == 0:
 		return Grant{}, &DenyError{Agent: req.Agent, Reason: DenyChannelDisabled}
-	case a.offered[ci]+a.busy[ci]+a.wrap[ci] >= a.capacity[ci]:
-		return Grant{}, &DenyError{Agent: req.Agent, Reason: DenyAtCapacity}
 	}
 	for _, l := range a.leases {
 		if l.interaction == req.Interaction {
 			return Grant{}, &DenyError{Agent: req.Agent, Reason: DenyDuplicate}
 		}
+	}
+	if a.offered[ci]+a.busy[ci]+a.wrap[ci] >= a.capacity[ci] {
+		return Grant{}, &DenyError{Agent: req.Agent, Reason: DenyAtCapacity}
 	}
 	m.nextLease++
 	l := &lease{id: m.nextLease, interaction: req.Interaction, channel: req.Channel, state: leaseOffered}

@@ -57,7 +57,7 @@ type RoutingConfig struct {
 	// MaxWaiting bounds the interactions waiting in all queues of the node; past it
 	// new interactions are refused as busy (backpressure). Default 100000.
 	MaxWaiting int `yaml:"max_waiting" json:"max_waiting"`
-	// DecisionLog is how many candidates a routing decision records (default 10).
+	// DecisionCandidates is how many candidates a routing decision ranks, tries and records (default 10).
 	DecisionCandidates int `yaml:"decision_candidates" json:"decision_candidates"`
 }
 

@@ -76,7 +76,6 @@ CREATE TABLE routing_decisions (
 	data        TEXT  -- JSON: the whole Decision
 );
 CREATE INDEX routing_decisions_interaction ON routing_decisions(interaction, seq);
-CREATE INDEX routing_decisions_queue ON routing_decisions(queue, seq);
 
 CREATE TABLE leases (
 	seq         INTEGER PRIMARY KEY,
@@ -89,7 +88,6 @@ CREATE TABLE leases (
 	time        TEXT NOT NULL
 );
 CREATE INDEX leases_agent ON leases(agent, seq);
-CREATE INDEX leases_interaction ON leases(interaction, seq);
 `,
 }
 
