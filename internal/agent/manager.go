@@ -254,6 +254,10 @@ func (m *Manager) setPresence(id core.AgentID, p presence, reason, cause string)
 	if a.presence == p && a.reason == reason {
 		return nil
 	}
+	if p == presReady {
+		// Idle time counts from when the agent became available.
+		a.idleSince = m.clock.Now()
+	}
 	a.presence, a.reason = p, reason
 	return m.emitStateLocked(a, cause)
 }

@@ -6,6 +6,8 @@
 package events
 
 import (
+	"encoding/json"
+	"strconv"
 	"time"
 
 	"github.com/ccmesh/ccmesh/internal/core"
@@ -115,6 +117,35 @@ type Candidate struct {
 	Why   string  `json:"why"`
 	// Result is granted, denied:<reason> or not_tried.
 	Result string `json:"result"`
+}
+
+// MarshalJSON renders each candidate's Why from the strategy and score when the
+// router left it empty: the text is built off the routing hot path.
+func (d Decision) MarshalJSON() ([]byte, error) {
+	type plain Decision
+	p := plain(d)
+	if len(d.Candidates) > 0 {
+		p.Candidates = make([]Candidate, len(d.Candidates))
+		copy(p.Candidates, d.Candidates)
+		for i := range p.Candidates {
+			if p.Candidates[i].Why == "" {
+				p.Candidates[i].Why = explain(d.Strategy, p.Candidates[i].Score)
+			}
+		}
+	}
+	return json.Marshal(p)
+}
+
+func explain(strategy string, score float64) string {
+	switch strategy {
+	case "most-skilled":
+		return "skill sum " + strconv.FormatFloat(score, 'f', 0, 64) + " on the required skills"
+	case "round-robin":
+		return "round-robin: " + strconv.FormatFloat(-score, 'f', 0, 64) + " agents after the last one chosen"
+	case "least-occupied":
+		return "occupancy " + strconv.FormatFloat(-score*100, 'f', 0, 64) + "% on the channel"
+	}
+	return "idle " + (time.Duration(score) * time.Millisecond).String()
 }
 
 // Decision is the payload of TypeDecision: why an interaction went (or did not go) to an agent.

@@ -97,15 +97,16 @@ type Params struct {
 }
 
 type agentView struct {
-	id     core.AgentID
-	index  int // position in the sorted agent list, for round-robin
-	skills map[core.SkillName]int
-	ready  bool
-	cap    [core.NumChannels]int
-	used   [core.NumChannels]int
-	// idleSince orders longest-idle.
-	idleSince time.Time
+	// Hot fields first: rank reads them for every eligible agent.
+	ready bool
+	used  [core.NumChannels]int32
+	cap   [core.NumChannels]int32
+	// idleSince (Unix ns) orders longest-idle.
+	idleSince int64
+	index     int // position in the sorted agent list, for round-robin
+	id        core.AgentID
 	version   uint64
+	skills    map[core.SkillName]int
 	// queues lists the queues this agent can serve and from which step.
 	queues []queueStep
 }
@@ -120,7 +121,7 @@ type step struct {
 	relax    int
 	queues   []core.QueueID
 	eligible []*agentView
-	skillSum map[core.AgentID]int
+	skillSum []int // skillSum[i] is eligible[i]'s level sum on the queue's skills
 }
 
 type queue struct {
@@ -162,6 +163,7 @@ type Router struct {
 	agents   map[core.AgentID]*agentView
 	byIndex  []*agentView
 	waiters  map[core.InteractionID]*waiter
+	scratch  []scored // rank's result buffer, reused under mu
 	nextSeq  uint64
 	feedSeq  uint64 // last event seq applied from the log
 	draining bool
@@ -191,7 +193,7 @@ func New(p Params) (*Router, error) {
 	for i, a := range agents {
 		v := &agentView{id: a.ID, index: i, skills: a.Skills}
 		for _, ch := range core.Channels {
-			v.cap[ch.Index()] = a.CapacityFor(ch)
+			v.cap[ch.Index()] = int32(a.CapacityFor(ch))
 		}
 		r.agents[a.ID] = v
 		r.byIndex = append(r.byIndex, v)
@@ -201,8 +203,14 @@ func New(p Params) (*Router, error) {
 		r.queues[qc.ID] = q
 		r.order = append(r.order, q)
 	}
+	bySkill := map[core.SkillName][]*agentView{}
+	for _, v := range r.byIndex {
+		for s := range v.skills {
+			bySkill[s] = append(bySkill[s], v)
+		}
+	}
 	for _, q := range r.order {
-		if err := r.compile(q); err != nil {
+		if err := r.compile(q, bySkill); err != nil {
 			return nil, err
 		}
 	}
@@ -222,7 +230,23 @@ func eligibleBase(v *agentView, need map[core.SkillName]int, relax int) (bool, i
 	return true, sum
 }
 
-func (r *Router) compile(q *queue) error {
+// candidatesFor returns the agents that may meet need: those holding its rarest
+// skill, or everyone when need is empty.
+func (r *Router) candidatesFor(need map[core.SkillName]int, bySkill map[core.SkillName][]*agentView) []*agentView {
+	var best []*agentView
+	found := false
+	for s := range need {
+		if l := bySkill[s]; !found || len(l) < len(best) {
+			best, found = l, true
+		}
+	}
+	if !found {
+		return r.byIndex
+	}
+	return best
+}
+
+func (r *Router) compile(q *queue, bySkill map[core.SkillName][]*agentView) error {
 	type crit struct {
 		after  time.Duration
 		relax  int
@@ -244,8 +268,12 @@ func (r *Router) compile(q *queue) error {
 		crits = append(crits, crit{after: s.After.D(), relax: relax, queues: append([]core.QueueID(nil), added...)})
 	}
 	for si, c := range crits {
-		st := step{after: c.after, relax: c.relax, queues: append([]core.QueueID{q.cfg.ID}, c.queues...), skillSum: map[core.AgentID]int{}}
-		for _, v := range r.byIndex {
+		st := step{after: c.after, relax: c.relax, queues: append([]core.QueueID{q.cfg.ID}, c.queues...)}
+		pool := r.byIndex
+		if len(c.queues) == 0 && c.relax == 0 {
+			pool = r.candidatesFor(q.cfg.Skills, bySkill)
+		}
+		for _, v := range pool {
 			ok, sum := eligibleBase(v, q.cfg.Skills, c.relax)
 			if !ok {
 				for _, other := range c.queues {
@@ -260,7 +288,7 @@ func (r *Router) compile(q *queue) error {
 				continue
 			}
 			st.eligible = append(st.eligible, v)
-			st.skillSum[v.id] = sum
+			st.skillSum = append(st.skillSum, sum)
 			if !v.hasQueue(q) {
 				v.queues = append(v.queues, queueStep{q: q, minStep: si})
 			}
@@ -374,21 +402,23 @@ type scored struct {
 func (r *Router) rank(wt *waiter, st *step, now time.Time, n int) ([]scored, int) {
 	ci := wt.Channel.Index()
 	q := wt.q
-	top := make([]scored, 0, n)
-	for _, v := range st.eligible {
+	top := r.scratch[:0]
+	nowNs := now.UnixNano()
+	strategy := q.cfg.Strategy
+	for i, v := range st.eligible {
 		if !v.free(ci) {
 			continue
 		}
-		c := scored{v: v, tie: v.idleSince.UnixNano()}
-		switch q.cfg.Strategy {
+		c := scored{v: v, tie: v.idleSince}
+		switch strategy {
 		case config.StrategyMostSkilled:
-			c.score = float64(st.skillSum[v.id])
+			c.score = float64(st.skillSum[i])
 		case config.StrategyRoundRobin:
 			c.score = -float64((v.index - q.rrLast - 1 + 2*len(r.byIndex)) % len(r.byIndex))
 		case config.StrategyLeastOccupied:
 			c.score = -float64(v.used[ci]) / float64(v.cap[ci])
-		default: // longest-idle
-			c.score = float64(now.Sub(v.idleSince).Milliseconds())
+		default: // longest-idle: milliseconds idle
+			c.score = float64((nowNs - v.idleSince) / 1e6)
 		}
 		// Insert into top (kept sorted, best first, at most n).
 		pos := len(top)
@@ -404,6 +434,7 @@ func (r *Router) rank(wt *waiter, st *step, now time.Time, n int) ([]scored, int
 		copy(top[pos+1:], top[pos:len(top)-1])
 		top[pos] = c
 	}
+	r.scratch = top
 	return top, len(st.eligible)
 }
 
@@ -415,18 +446,6 @@ func better(a, b scored) bool {
 		return a.tie < b.tie
 	}
 	return a.v.index < b.v.index
-}
-
-func why(strategy config.Strategy, c scored, now time.Time) string {
-	switch strategy {
-	case config.StrategyMostSkilled:
-		return "skill sum " + strconv.FormatFloat(c.score, 'f', 0, 64)
-	case config.StrategyRoundRobin:
-		return "round-robin distance " + strconv.FormatFloat(-c.score, 'f', 0, 64)
-	case config.StrategyLeastOccupied:
-		return "occupancy " + strconv.FormatFloat(-c.score*100, 'f', 0, 64) + "%"
-	}
-	return "idle " + now.Sub(c.v.idleSince).Round(time.Millisecond).String()
 }
 
 // routeLocked tries to reserve an agent for wt; on success wt leaves the queue.
@@ -446,7 +465,7 @@ func (r *Router) routeLocked(wt *waiter, direction string) bool {
 		Eligible: eligible, Candidates: make([]events.Candidate, len(top)), WaitMillis: wait.Milliseconds(),
 	}
 	for i, c := range top {
-		d.Candidates[i] = events.Candidate{Agent: c.v.id, Score: c.score, Why: why(q.cfg.Strategy, c, start), Result: "not_tried"}
+		d.Candidates[i] = events.Candidate{Agent: c.v.id, Score: c.score, Result: "not_tried"}
 	}
 	granted := false
 	for i, c := range top {
@@ -513,12 +532,12 @@ func (r *Router) applyStateLocked(v *agentView, st events.AgentState) {
 	}
 	v.version = st.Version
 	v.ready = st.Presence == "ready"
-	v.idleSince = st.IdleSince
-	v.used = [core.NumChannels]int{}
+	v.idleSince = st.IdleSince.UnixNano()
+	v.used = [core.NumChannels]int32{}
 	for _, l := range st.Load {
 		if i := l.Channel.Index(); i >= 0 {
-			v.cap[i] = l.Capacity
-			v.used[i] = l.Offered + l.Busy + l.WrapUp
+			v.cap[i] = int32(l.Capacity)
+			v.used[i] = int32(l.Offered + l.Busy + l.WrapUp)
 		}
 	}
 }
@@ -562,7 +581,7 @@ func (r *Router) routeAgentLocked(wt *waiter, v *agentView) bool {
 	d := events.Decision{
 		Direction: "agent_freed", Strategy: string(q.cfg.Strategy), Step: si, Queues: st.queues,
 		Eligible: len(st.eligible), WaitMillis: wait.Milliseconds(),
-		Candidates: []events.Candidate{{Agent: v.id, Why: "agent became free; interaction waited " + wait.Round(time.Millisecond).String() + " at priority " + strconv.Itoa(wt.Priority)}},
+		Candidates: []events.Candidate{{Agent: v.id, Why: "agent became free; best waiting interaction of its queues (priority " + strconv.Itoa(wt.Priority) + ")"}},
 	}
 	g, err := r.reserver.Reserve(agent.ReserveRequest{Agent: v.id, Interaction: wt.ID, Channel: wt.Channel, TTL: q.cfg.OfferTimeout.D()})
 	granted := err == nil
