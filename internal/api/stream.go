@@ -77,6 +77,9 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 			// Older than memory: page from the store (everything before the window is durable).
 			evs, err = s.p.Store.Events(r.Context(), after, 1000)
 			more = nil
+			if err == nil && len(evs) == 0 {
+				err = fmt.Errorf("events after %d are neither in memory nor in the store", after)
+			}
 		}
 		if err != nil {
 			if !errors.Is(err, events.ErrClosed) && r.Context().Err() == nil {

@@ -163,7 +163,9 @@ func (s *Service) Create(req CreateRequest) (events.Interaction, uint64, error) 
 		}
 		return events.Interaction{}, seq, err
 	}
-	snap, _ := s.Get(ix.ID)
+	s.mu.Lock()
+	snap := ix.Interaction // the latest state, even if it already ended
+	s.mu.Unlock()
 	return snap, s.log.LastSeq(), nil
 }
 

@@ -1,0 +1,42 @@
+# ccmesh — build, test, benchmark.
+GO ?= go
+PKGS := ./...
+
+.PHONY: all build test deps vet fmt-check fuzz bench serve clean
+
+all: build
+
+build:
+	$(GO) build -o ccmesh ./cmd/ccmesh
+
+deps:
+	@bash scripts/test-deps.sh
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+# The one test command (CI runs it through .ci/run): dependencies, vet, gofmt, and
+# every test under the race detector, the black-box tests of the binary included.
+test: deps vet fmt-check
+	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+
+# Longer fuzzing of the parsers (seed corpora already run in `make test`).
+FUZZTIME ?= 30s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./internal/config/
+
+# Micro-benchmarks behind docs/BENCHMARKS.md.
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 200000x ./internal/router/
+	$(GO) test -run 'TestMemoryPerIdleAgent' -v ./internal/router/
+	$(GO) test -run '^$$' -bench BenchmarkWriteBatch -benchtime 300x ./internal/store/
+
+serve:
+	$(GO) run ./cmd/ccmesh serve
+
+clean:
+	rm -f ccmesh
