@@ -96,9 +96,25 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /api/v1/interactions/{id}/complete", s.auth(agentsOnly, s.complete))
 	m.HandleFunc("POST /api/v1/interactions/{id}/cancel", s.auth(tokens, s.cancel))
 	m.HandleFunc("GET /api/v1/events", s.auth(anyone, s.stream))
-	m.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path)
-	})
+	m.HandleFunc("/api/", s.noRoute)
+}
+
+// noRoute answers 405 (with Allow) when the path exists for other methods, else 404.
+func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := s.mux.Handler(probe); pattern != "/api/" && pattern != "" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) > 0 {
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", r.Method+" not allowed on "+r.URL.Path+"; allowed: "+strings.Join(allow, ", "))
+		return
+	}
+	writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path)
 }
 
 // ServeHTTP implements http.Handler.

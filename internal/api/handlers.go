@@ -197,8 +197,9 @@ func (s *Server) createInteraction(w http.ResponseWriter, r *http.Request) {
 	ix, _, err := s.p.Interactions.Create(interaction.CreateRequest{
 		Channel: ch, Queue: core.QueueID(req.Queue), Priority: req.Priority, Attributes: req.Attributes,
 	})
-	if err == nil {
-		err = s.durable(r)
+	// Wait for durability even on failure: a refused interaction is recorded as failed.
+	if derr := s.durable(r); err == nil {
+		err = derr
 	}
 	if err != nil {
 		s.fail(w, r, err)

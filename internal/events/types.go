@@ -83,7 +83,7 @@ type Lease struct {
 	Epoch uint64       `json:"epoch"`
 	// Channel is the lease's channel.
 	Channel core.Channel `json:"channel"`
-	// Outcome is granted, accepted, rejected, released, expired, completed or wrap_up_ended.
+	// Outcome is granted, accepted, rejected, released, expired, revoked, completed or wrap_up_ended.
 	Outcome string `json:"outcome"`
 	// TTLMillis is the lease time-to-live (granted only).
 	TTLMillis int64 `json:"ttl_ms,omitempty"`
@@ -115,7 +115,7 @@ type Candidate struct {
 	// Score is the strategy's score (higher wins); Why explains it in words.
 	Score float64 `json:"score"`
 	Why   string  `json:"why"`
-	// Result is granted, denied:<reason> or not_tried.
+	// Result is granted, denied:<reason>, error:<message> or not_tried.
 	Result string `json:"result"`
 }
 
@@ -150,7 +150,8 @@ func explain(strategy string, score float64) string {
 
 // Decision is the payload of TypeDecision: why an interaction went (or did not go) to an agent.
 type Decision struct {
-	// Direction is "interaction_arrived" (pick an agent) or "agent_freed" (pick an interaction).
+	// Direction is "interaction_arrived" (pick an agent), "agent_freed" (pick an
+	// interaction) or "overflow_step" (an overflow step widened the eligible agents).
 	Direction string `json:"direction"`
 	Strategy  string `json:"strategy"`
 	// Step is the overflow step in force (0 = none).
