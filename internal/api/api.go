@@ -4,6 +4,7 @@
 package api
 
 import (
+	"bufio"
 	"context"
 	"crypto/subtle"
 	_ "embed"
@@ -317,11 +318,21 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 		writeError(w, http.StatusBadRequest, "bad_json", msg)
 		return false
 	}
-	if dec.More() {
+	if err := dec.Decode(&json.RawMessage{}); !errors.Is(err, io.EOF) {
 		writeError(w, http.StatusBadRequest, "bad_json", "invalid JSON body: data after the object")
 		return false
 	}
 	return true
+}
+
+// decodeOptional is decode for bodies that may be absent (an empty body leaves v as is).
+func decodeOptional(w http.ResponseWriter, r *http.Request, v any) bool {
+	br := bufio.NewReader(r.Body)
+	if _, err := br.Peek(1); errors.Is(err, io.EOF) {
+		return true
+	}
+	r.Body = io.NopCloser(br)
+	return decode(w, r, v)
 }
 
 // durable waits until everything the request changed is committed to storage, so

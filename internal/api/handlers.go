@@ -97,7 +97,7 @@ type logoutRequest struct {
 
 func (s *Server) logout(w http.ResponseWriter, r *http.Request) {
 	var req logoutRequest
-	if r.ContentLength != 0 && !decode(w, r, &req) {
+	if !decodeOptional(w, r, &req) {
 		return
 	}
 	if req.Force && !who(r).staff() {

@@ -4,6 +4,8 @@
 package config
 
 import (
+	"time"
+
 	"github.com/ccmesh/ccmesh/internal/core"
 )
 
@@ -144,8 +146,9 @@ type Queue struct {
 	ServiceLevel ServiceLevel `yaml:"service_level" json:"service_level"`
 	// Overflow steps apply in order as an interaction's wait grows.
 	Overflow []OverflowStep `yaml:"overflow" json:"overflow,omitempty"`
-	// WrapUp is the agent's after-interaction work time (default 10s).
-	WrapUp Duration `yaml:"wrap_up" json:"wrap_up"`
+	// WrapUp is the agent's after-interaction work time (default 10s when absent;
+	// "0s" means no wrap-up). Read it with WrapUpTime.
+	WrapUp *Duration `yaml:"wrap_up" json:"wrap_up"`
 	// OfferTimeout is how long an offer waits for the agent (default 20s).
 	OfferTimeout Duration `yaml:"offer_timeout" json:"offer_timeout"`
 	// BusinessHours, when set, close the queue outside its hours.
@@ -188,4 +191,12 @@ type OpenWindow struct {
 	From string `yaml:"from" json:"from"`
 	// To is HH:MM, exclusive; must be after From.
 	To string `yaml:"to" json:"to"`
+}
+
+// WrapUpTime returns the queue's wrap-up time (the default when unset).
+func (q *Queue) WrapUpTime() time.Duration {
+	if q.WrapUp == nil {
+		return DefaultWrapUp.D()
+	}
+	return q.WrapUp.D()
 }

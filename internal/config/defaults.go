@@ -80,8 +80,9 @@ func ApplyDefaults(c *Config) {
 		if q.Strategy == "" {
 			q.Strategy = DefaultStrategy
 		}
-		if q.WrapUp == 0 {
-			q.WrapUp = DefaultWrapUp
+		if q.WrapUp == nil {
+			d := DefaultWrapUp
+			q.WrapUp = &d
 		}
 		if q.OfferTimeout == 0 {
 			q.OfferTimeout = DefaultOfferTimeout
@@ -155,7 +156,7 @@ func Default() *Config {
 					{After: Duration(60 * time.Second), Relax: 2},
 					{After: Duration(120 * time.Second), AddQueues: []core.QueueID{"support"}},
 				},
-				WrapUp:       Duration(10 * time.Second),
+				WrapUp:       ptr(Duration(10 * time.Second)),
 				OfferTimeout: Duration(20 * time.Second),
 			},
 			{
@@ -169,7 +170,7 @@ func Default() *Config {
 					{After: Duration(60 * time.Second), Relax: 2},
 					{After: Duration(120 * time.Second), AddQueues: []core.QueueID{"sales"}},
 				},
-				WrapUp:       Duration(10 * time.Second),
+				WrapUp:       ptr(Duration(10 * time.Second)),
 				OfferTimeout: Duration(20 * time.Second),
 			},
 		},
@@ -177,3 +178,5 @@ func Default() *Config {
 	ApplyDefaults(c)
 	return c
 }
+
+func ptr[T any](v T) *T { return &v }

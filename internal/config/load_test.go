@@ -48,7 +48,7 @@ func TestParseDefaultsApplied(t *testing.T) {
 		{"agents[0].capacity", c.Agents[0].Capacity, map[core.Channel]int{"voice": 1, "chat": 3, "callback": 1, "task": 1}},
 		{"queues[0].name", c.Queues[0].Name, "q1"},
 		{"queues[0].strategy", c.Queues[0].Strategy, StrategyLongestIdle},
-		{"queues[0].wrap_up", c.Queues[0].WrapUp, Duration(10 * time.Second)},
+		{"queues[0].wrap_up", *c.Queues[0].WrapUp, Duration(10 * time.Second)},
 		{"queues[0].offer_timeout", c.Queues[0].OfferTimeout, Duration(20 * time.Second)},
 		{"queues[0].service_level", c.Queues[0].ServiceLevel, ServiceLevel{Threshold: Duration(20 * time.Second), TargetPercent: 80}},
 		{"queues[0].max_wait", c.Queues[0].MaxWait, Duration(0)},
@@ -65,7 +65,7 @@ func TestApplyDefaultsKeepsSetValues(t *testing.T) {
 		Node:    NodeConfig{DrainTimeout: Duration(time.Minute)},
 		Routing: RoutingConfig{MissedOffer: MissedOfferReady, MaxWaiting: 5, DecisionCandidates: 3},
 		Agents:  []Agent{{ID: "a", Name: "Al", Capacity: map[core.Channel]int{"chat": 0, "voice": 1}}},
-		Queues: []Queue{{ID: "q", Name: "Q", Strategy: StrategyRoundRobin, WrapUp: 1, OfferTimeout: Duration(time.Second),
+		Queues: []Queue{{ID: "q", Name: "Q", Strategy: StrategyRoundRobin, WrapUp: ptr(Duration(1)), OfferTimeout: Duration(time.Second),
 			ServiceLevel:  ServiceLevel{Threshold: Duration(time.Minute), TargetPercent: 50},
 			BusinessHours: &BusinessHours{}}},
 	}
@@ -79,7 +79,7 @@ func TestApplyDefaultsKeepsSetValues(t *testing.T) {
 		t.Errorf("agent = %+v", a)
 	}
 	q := c.Queues[0]
-	if q.Name != "Q" || q.Strategy != StrategyRoundRobin || q.WrapUp != 1 || q.OfferTimeout != Duration(time.Second) ||
+	if q.Name != "Q" || q.Strategy != StrategyRoundRobin || *q.WrapUp != 1 || q.OfferTimeout != Duration(time.Second) ||
 		q.ServiceLevel.TargetPercent != 50 || q.ServiceLevel.Threshold != Duration(time.Minute) {
 		t.Errorf("queue = %+v", q)
 	}

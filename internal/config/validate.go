@@ -303,8 +303,8 @@ func (c *Config) validateQueues(p *problems, checkDN func(string, core.DN), held
 				p.add(sf, "step after %q does nothing (set relax > 0 or add_queues)", st.After)
 			}
 		}
-		if q.WrapUp < 0 {
-			p.add(f+".wrap_up", "must be >= 0, got %q", q.WrapUp)
+		if q.WrapUp != nil && *q.WrapUp < 0 {
+			p.add(f+".wrap_up", "must be >= 0, got %q", *q.WrapUp)
 		}
 		if q.OfferTimeout < minOfferTimeout || q.OfferTimeout > maxOfferTimeout {
 			p.add(f+".offer_timeout", "%q out of range %s..%s", q.OfferTimeout, minOfferTimeout, maxOfferTimeout)

@@ -88,7 +88,7 @@ func TestValidateMessages(t *testing.T) {
 		{"overflow unknown queue", func(c *Config) { c.Queues[0].Overflow[1].AddQueues[0] = "nope" }, "queues[0].overflow[1].add_queues[0]", []string{`unknown queue "nope"`}, false},
 		{"overflow to itself", func(c *Config) { c.Queues[0].Overflow[1].AddQueues[0] = "sales" }, "queues[0].overflow[1].add_queues[0]", []string{`"sales" cannot overflow to itself`}, false},
 		{"overflow step does nothing", func(c *Config) { c.Queues[0].Overflow[0].Relax = 0 }, "queues[0].overflow[0]", []string{`after "1m" does nothing`}, false},
-		{"wrap up", func(c *Config) { c.Queues[0].WrapUp = sec(-1) }, "queues[0].wrap_up", []string{`must be >= 0, got "-1s"`}, false},
+		{"wrap up", func(c *Config) { c.Queues[0].WrapUp = ptr(sec(-1)) }, "queues[0].wrap_up", []string{`must be >= 0, got "-1s"`}, false},
 		{"offer timeout low", func(c *Config) { c.Queues[0].OfferTimeout = sec(0.5) }, "queues[0].offer_timeout", []string{`"500ms" out of range 1s..10m`}, false},
 		{"offer timeout high", func(c *Config) { c.Queues[0].OfferTimeout = sec(660) }, "queues[0].offer_timeout", []string{`"11m" out of range 1s..10m`}, false},
 		{"hours timezone", func(c *Config) { withHours(c).TimeZone = "Mars/Olympus" }, "queues[0].business_hours.timezone", []string{`unknown time zone "Mars/Olympus"`}, false},

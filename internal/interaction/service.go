@@ -217,14 +217,17 @@ func (s *Service) Accept(id core.InteractionID, by core.AgentID) (uint64, error)
 		return 0, fmt.Errorf("interaction: accept %s: %w", id, err)
 	}
 	s.mu.Lock()
-	var seq uint64
-	var wait time.Duration
-	if State(ix.State) == StateOffered && ix.token == tok {
-		now := s.clock.Now()
-		ix.AnsweredAt = now.UTC()
-		wait = now.Sub(ix.EnqueuedAt)
-		seq, err = s.moveLocked(ix, StateConnected, "")
+	if State(ix.State) != StateOffered || ix.token != tok {
+		// Abandoned or re-queued while the owner accepted: the abandon path
+		// releases the lease; the agent's accept came too late.
+		state := ix.State
+		s.mu.Unlock()
+		return 0, fmt.Errorf("interaction: accept %s: became %s meanwhile: %w", id, state, ErrWrongState)
 	}
+	now := s.clock.Now()
+	ix.AnsweredAt = now.UTC()
+	wait := now.Sub(ix.EnqueuedAt)
+	seq, err := s.moveLocked(ix, StateConnected, "")
 	q := ix.Queue
 	s.mu.Unlock()
 	if err != nil {
@@ -259,7 +262,7 @@ func (s *Service) Complete(id core.InteractionID, by core.AgentID) (uint64, erro
 	if err != nil {
 		return 0, err
 	}
-	if err := s.agents.Complete(tok, qi.cfg.WrapUp.D()); err != nil {
+	if err := s.agents.Complete(tok, qi.cfg.WrapUpTime()); err != nil {
 		return 0, fmt.Errorf("interaction: complete %s: %w", id, err)
 	}
 	return seq, nil

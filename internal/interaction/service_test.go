@@ -43,7 +43,7 @@ func newStack(t *testing.T, clk clock.Clock, agents []config.Agent, queues []con
 
 func queue(id string, offer, wrap time.Duration) config.Queue {
 	return config.Queue{ID: core.QueueID(id), Strategy: config.StrategyLongestIdle, Skills: map[core.SkillName]int{"x": 1},
-		OfferTimeout: config.Duration(offer), WrapUp: config.Duration(wrap),
+		OfferTimeout: config.Duration(offer), WrapUp: ptrD(config.Duration(wrap)),
 		ServiceLevel: config.ServiceLevel{Threshold: config.Duration(time.Second), TargetPercent: 80}}
 }
 
@@ -243,4 +243,44 @@ func TestConcurrentLifecycles(t *testing.T) {
 		t.Fatalf("only %d interactions: too little exercised", ended)
 	}
 	t.Logf("%d interactions, %d events", ended, len(evs))
+}
+
+func ptrD(d config.Duration) *config.Duration { return &d }
+
+// racyAgents abandons the interaction between the service's check and the owner's
+// accept: the window where an accept and a cancel cross.
+type racyAgents struct {
+	Agents
+	s  *Service
+	ix core.InteractionID
+}
+
+func (r racyAgents) Accept(tok agent.Token) error {
+	if _, err := r.s.Abandon(r.ix, "customer left"); err != nil {
+		return err
+	}
+	return r.Agents.Accept(tok)
+}
+
+func TestAcceptLosesToConcurrentAbandon(t *testing.T) {
+	clk := clock.NewFake(time.Date(2026, 11, 22, 9, 0, 0, 0, time.UTC))
+	agents := []config.Agent{{ID: "ann", Skills: map[core.SkillName]int{"x": 1}}}
+	st := newStack(t, clk, agents, []config.Queue{queue("q", 20*time.Second, 0)})
+	must(t, st.m.Login("ann"))
+	must(t, st.m.SetReady("ann"))
+	st.r.ApplyAgentState("ann", snapshot(t, st.m, "ann"))
+	ix, _, err := st.s.Create(CreateRequest{Channel: core.ChannelTask, Queue: "q"})
+	if err != nil || ix.State != string(StateOffered) {
+		t.Fatalf("create: %+v %v", ix, err)
+	}
+	st.s.Wire(racyAgents{Agents: st.m, s: st.s, ix: ix.ID}, st.r)
+	if _, err := st.s.Accept(ix.ID, "ann"); !errors.Is(err, ErrWrongState) && !errors.Is(err, agent.ErrLeaseEnded) {
+		t.Fatalf("accept after abandon: %v, want a refusal", err)
+	}
+	if stats, _ := st.r.Stats("q"); stats.Answered != 0 || stats.Abandoned != 1 {
+		t.Fatalf("stats: %+v", stats)
+	}
+	if v, _ := st.m.Snapshot("ann"); v.State.State != "ready" || len(v.Leases) != 0 {
+		t.Fatalf("ann should be free again: %+v", v)
+	}
 }
