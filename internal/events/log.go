@@ -27,10 +27,13 @@ type Log struct {
 	next    uint64 // seq the next Append gets
 	durable uint64 // highest seq the store has committed
 	closed  bool
-	// appended is closed and replaced on every Append: a broadcast to readers.
+	// appended is closed and replaced on an Append after a reader took it: a
+	// broadcast to readers waiting for more.
 	appended chan struct{}
-	// durableCh is closed and replaced whenever durable advances.
-	durableCh chan struct{}
+	handedOut bool // a reader holds appended
+	// durableCh is closed and replaced when durable advances after a waiter took it.
+	durableCh     chan struct{}
+	durableWaited bool // a waiter holds durableCh
 	// space is signalled when durable advances, waking blocked Appends.
 	space *sync.Cond
 }
@@ -86,8 +89,11 @@ func (l *Log) Append(evs ...Event) (uint64, error) {
 	if !l.durableRequired {
 		l.setDurableLocked(l.next - 1)
 	}
-	close(l.appended)
-	l.appended = make(chan struct{})
+	if l.handedOut {
+		close(l.appended)
+		l.appended = make(chan struct{})
+		l.handedOut = false
+	}
 	return l.next - 1, nil
 }
 
@@ -102,6 +108,7 @@ func (l *Log) Read(after uint64, max int, dst []Event) ([]Event, <-chan struct{}
 	if l.closed {
 		return dst, nil, ErrClosed
 	}
+	l.handedOut = true
 	if after+1 < l.first {
 		return dst, l.appended, fmt.Errorf("read after %d (window starts at %d): %w", after, l.first, ErrGap)
 	}
@@ -141,8 +148,11 @@ func (l *Log) setDurableLocked(seq uint64) {
 		seq = l.next - 1
 	}
 	l.durable = seq
-	close(l.durableCh)
-	l.durableCh = make(chan struct{})
+	if l.durableWaited {
+		close(l.durableCh)
+		l.durableCh = make(chan struct{})
+		l.durableWaited = false
+	}
 	l.space.Broadcast()
 }
 
@@ -151,6 +161,7 @@ func (l *Log) WaitDurable(ctx context.Context, seq uint64) error {
 	for {
 		l.mu.Lock()
 		durable, ch, closed := l.durable, l.durableCh, l.closed
+		l.durableWaited = true
 		l.mu.Unlock()
 		if durable >= seq {
 			return nil
