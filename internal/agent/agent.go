@@ -55,7 +55,6 @@ const (
 	DenyAtCapacity      DenyReason = "at_capacity"
 	DenyChannelDisabled DenyReason = "channel_disabled"
 	DenyDuplicate       DenyReason = "already_offered"
-	DenyDraining        DenyReason = "draining"
 )
 
 // DenyError is the typed refusal of a reservation.

@@ -18,7 +18,7 @@ import (
 const requestTTL = 2 * time.Minute
 
 // maxRemembered bounds the idempotency table; the oldest answers go first.
-const maxRemembered = 1 << 20
+const maxRemembered = 1 << 16
 
 type presence uint8
 
@@ -114,7 +114,8 @@ type Manager struct {
 	agents    map[core.AgentID]*agentState
 	nextLease core.LeaseID
 	requests  map[core.RequestID]*remembered
-	reqOrder  []*remembered // FIFO for expiry of requests
+	reqOrder  []*remembered // FIFO for expiry of requests; reqOrder[reqHead:] are live
+	reqHead   int
 	observer  Observer
 }
 
@@ -408,9 +409,9 @@ func (m *Manager) Complete(tok Token, wrapUp time.Duration) error {
 		m.mu.Unlock()
 		return err
 	}
-	if l.state != leaseBusy {
+	if state := l.state; state != leaseBusy {
 		m.mu.Unlock()
-		if l.state == leaseWrapUp {
+		if state == leaseWrapUp {
 			return nil // completing twice is a no-op
 		}
 		return fmt.Errorf("agent: complete %s: %w", tok, ErrWrongLeaseState)
@@ -560,13 +561,15 @@ func (m *Manager) token(a *agentState, l *lease) Token {
 }
 
 func (m *Manager) pruneLocked(now time.Time) {
-	n := 0
-	for n < len(m.reqOrder) && (now.After(m.reqOrder[n].expires) || len(m.reqOrder)-n > maxRemembered) {
-		delete(m.requests, m.reqOrder[n].req)
-		n++
+	for m.reqHead < len(m.reqOrder) && (now.After(m.reqOrder[m.reqHead].expires) || len(m.reqOrder)-m.reqHead >= maxRemembered) {
+		delete(m.requests, m.reqOrder[m.reqHead].req)
+		m.reqOrder[m.reqHead] = nil
+		m.reqHead++
 	}
-	if n > 0 {
-		m.reqOrder = append(m.reqOrder[:0], m.reqOrder[n:]...)
+	// Compact once the dead prefix is half the slice: amortised O(1) per request.
+	if m.reqHead > 1024 && m.reqHead*2 >= len(m.reqOrder) {
+		m.reqOrder = append(m.reqOrder[:0], m.reqOrder[m.reqHead:]...)
+		m.reqHead = 0
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -122,7 +123,16 @@ func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
 	s.mux.ServeHTTP(rw, r)
-	s.metrics.requests.WithLabelValues(r.Method, fmt.Sprint(rw.code)).Inc()
+	s.metrics.requests.WithLabelValues(methodLabel(r.Method), strconv.Itoa(rw.code)).Inc()
+}
+
+// methodLabel bounds the metric's label values: clients choose the method string.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete, http.MethodHead, http.MethodOptions:
+		return m
+	}
+	return "other"
 }
 
 type statusWriter struct {

@@ -366,7 +366,11 @@ func (s *Server) cancel(w http.ResponseWriter, r *http.Request) {
 	id := core.InteractionID(r.PathValue("id"))
 	_, err := s.p.Interactions.Abandon(id, "cancelled by "+who(r).name)
 	if errors.Is(err, interaction.ErrNotFound) {
-		// Ended already, or never existed: tell which.
+		// Ended already, or never existed: tell which (once the end is durable).
+		if derr := s.durable(r); derr != nil {
+			s.fail(w, r, derr)
+			return
+		}
 		if ix, gerr := s.p.Store.GetInteraction(r.Context(), id); gerr == nil {
 			err = fmt.Errorf("cancel %s: already %s: %w", id, ix.State, interaction.ErrWrongState)
 		}

@@ -22,16 +22,21 @@ const heartbeat = 15 * time.Second
 // sequence number; a client resumes with ?after=N or the Last-Event-ID header
 // (from memory, or from the store when the events have left memory). Without
 // either, the stream starts with the next event. ?types=a,b filters by type.
-// Agents see only events about themselves.
+// Agents see only events about themselves. Only durable events are sent, so an id
+// a client has seen always names the same event, even after a crash.
 func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
-	after := s.p.Log.LastSeq()
-	for _, v := range []string{r.Header.Get("Last-Event-ID"), r.URL.Query().Get("after")} {
-		if v == "" {
+	after := s.p.Log.DurableSeq()
+	for _, src := range []struct{ name, v string }{{"Last-Event-ID", r.Header.Get("Last-Event-ID")}, {"after", r.URL.Query().Get("after")}} {
+		if src.v == "" {
 			continue
 		}
-		n, err := strconv.ParseUint(v, 10, 64)
+		n, err := strconv.ParseUint(src.v, 10, 64)
 		if err != nil {
-			writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("after: %q is not a sequence number", v))
+			writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("%s: %q is not a sequence number", src.name, src.v))
+			return
+		}
+		if last := s.p.Log.LastSeq(); n > last {
+			writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("%s: %d is beyond the newest event (%d)", src.name, n, last))
 			return
 		}
 		after = n
@@ -72,7 +77,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 	defer hb.Stop()
 	buf := make([]events.Event, 0, 256)
 	for {
-		evs, more, err := s.p.Log.Read(after, 256, buf)
+		evs, more, err := s.p.Log.ReadDurable(after, 256, buf)
 		if errors.Is(err, events.ErrGap) {
 			// Older than memory: page from the store (everything before the window is durable).
 			evs, err = s.p.Store.Events(r.Context(), after, 1000)

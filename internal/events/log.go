@@ -29,7 +29,7 @@ type Log struct {
 	closed  bool
 	// appended is closed and replaced on an Append after a reader took it: a
 	// broadcast to readers waiting for more.
-	appended chan struct{}
+	appended  chan struct{}
 	handedOut bool // a reader holds appended
 	// durableCh is closed and replaced when durable advances after a waiter took it.
 	durableCh     chan struct{}
@@ -117,6 +117,27 @@ func (l *Log) Read(after uint64, max int, dst []Event) ([]Event, <-chan struct{}
 		dst = append(dst, l.ring[s%capacity])
 	}
 	return dst, l.appended, nil
+}
+
+// ReadDurable is Read limited to events the store has committed: what it returns
+// survives a crash, so its sequence numbers are never handed out again. The channel
+// is closed when more events become durable.
+func (l *Log) ReadDurable(after uint64, max int, dst []Event) ([]Event, <-chan struct{}, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	dst = dst[:0]
+	if l.closed {
+		return dst, nil, ErrClosed
+	}
+	l.durableWaited = true
+	if after+1 < l.first {
+		return dst, l.durableCh, fmt.Errorf("read after %d (window starts at %d): %w", after, l.first, ErrGap)
+	}
+	capacity := uint64(len(l.ring))
+	for s := after + 1; s <= l.durable && len(dst) < max; s++ {
+		dst = append(dst, l.ring[s%capacity])
+	}
+	return dst, l.durableCh, nil
 }
 
 // LastSeq returns the seq of the newest event (0 if none ever).

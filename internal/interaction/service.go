@@ -63,6 +63,8 @@ type queueInfo struct {
 type live struct {
 	events.Interaction
 	token agent.Token
+	// enqueued is EnqueuedAt with its monotonic reading (waits survive wall-clock jumps).
+	enqueued time.Time
 }
 
 // Service owns the live interactions of this node. It is safe for concurrent use.
@@ -76,16 +78,20 @@ type Service struct {
 	agents Agents
 	router Queues
 
-	// mu guards live and draining.
-	mu       sync.Mutex
-	live     map[core.InteractionID]*live
+	// mu guards live, dead, draining and idle.
+	mu   sync.Mutex
+	live map[core.InteractionID]*live
+	// dead holds leases that ended before their offer reached the Service (an
+	// expiry racing the router's Offer); Offer refuses them. Entries leave with
+	// their interaction.
+	dead     map[core.InteractionID]agent.Token
 	draining bool
-	idle     chan struct{} // closed when draining and no live interaction remains
+	idle     chan struct{} // closed when draining and no interaction is with an agent
 }
 
 // NewService returns a Service; call Wire before use.
 func NewService(p Params) (*Service, error) {
-	s := &Service{log: p.Log, clock: p.Clock, logger: p.Logger, queues: map[core.QueueID]queueInfo{}, live: map[core.InteractionID]*live{}}
+	s := &Service{log: p.Log, clock: p.Clock, logger: p.Logger, queues: map[core.QueueID]queueInfo{}, live: map[core.InteractionID]*live{}, dead: map[core.InteractionID]agent.Token{}}
 	if s.logger == nil {
 		s.logger = slog.Default()
 	}
@@ -146,7 +152,7 @@ func (s *Service) Create(req CreateRequest) (events.Interaction, uint64, error) 
 	s.live[ix.ID] = ix
 	seq, err := s.emitLocked(ix, "")
 	if err == nil {
-		ix.EnqueuedAt = now.UTC()
+		ix.EnqueuedAt, ix.enqueued = now.UTC(), now
 		seq, err = s.moveLocked(ix, StateQueued, "")
 	}
 	s.mu.Unlock()
@@ -188,27 +194,43 @@ func (s *Service) enqueue(ix *live, enqueuedAt time.Time) error {
 }
 
 // Offer records a reservation granted by the router. Called with the router's lock held.
-func (s *Service) Offer(o router.Offer) {
+func (s *Service) Offer(o router.Offer) router.OfferResult {
 	s.mu.Lock()
 	ix, ok := s.live[o.Interaction]
+	if ok && State(ix.State) == StateQueued && s.dead[o.Interaction] == o.Grant.Token {
+		// The lease expired before we got here: nothing to release, keep waiting.
+		delete(s.dead, o.Interaction)
+		s.mu.Unlock()
+		return router.OfferDead
+	}
 	if !ok || State(ix.State) != StateQueued {
 		s.mu.Unlock()
 		// The interaction ended while the router reserved: give the agent back.
-		if err := s.agents.Release(o.Grant.Token); err != nil {
+		if err := s.agents.Release(o.Grant.Token); err != nil && !errors.Is(err, agent.ErrLeaseEnded) {
 			s.logger.Warn("release stale offer", "interaction", o.Interaction, "err", err)
 		}
-		return
+		return router.OfferGone
 	}
 	ix.token = o.Grant.Token
 	ix.Agent = o.Grant.Token.Agent
-	if _, err := s.moveLocked(ix, StateOffered, ""); err != nil {
-		s.logger.Error("offer", "interaction", ix.ID, "err", err)
-	}
+	_, err := s.moveLocked(ix, StateOffered, "")
 	s.mu.Unlock()
+	if err != nil {
+		s.logger.Error("offer", "interaction", o.Interaction, "err", err)
+		if rerr := s.agents.Release(o.Grant.Token); rerr != nil && !errors.Is(rerr, agent.ErrLeaseEnded) {
+			s.logger.Warn("release unrecorded offer", "interaction", o.Interaction, "err", rerr)
+		}
+		return router.OfferGone
+	}
+	return router.OfferTaken
 }
 
-// Accept is the agent taking the offer.
+// Accept is the agent taking the offer. Accepting again what the agent already
+// holds is a no-op.
 func (s *Service) Accept(id core.InteractionID, by core.AgentID) (uint64, error) {
+	if s.holds(id, by, StateConnected) {
+		return 0, nil
+	}
 	ix, tok, err := s.held(id, by, StateOffered)
 	if err != nil {
 		return 0, err
@@ -226,7 +248,7 @@ func (s *Service) Accept(id core.InteractionID, by core.AgentID) (uint64, error)
 	}
 	now := s.clock.Now()
 	ix.AnsweredAt = now.UTC()
-	wait := now.Sub(ix.EnqueuedAt)
+	wait := now.Sub(ix.enqueued)
 	seq, err := s.moveLocked(ix, StateConnected, "")
 	q := ix.Queue
 	s.mu.Unlock()
@@ -250,7 +272,11 @@ func (s *Service) Reject(id core.InteractionID, by core.AgentID) (uint64, error)
 }
 
 // Complete ends the agent's work on a connected interaction; wrap-up follows.
+// Completing again during wrap-up is a no-op.
 func (s *Service) Complete(id core.InteractionID, by core.AgentID) (uint64, error) {
+	if s.holds(id, by, StateWrapUp) {
+		return 0, nil
+	}
 	ix, tok, err := s.held(id, by, StateConnected)
 	if err != nil {
 		return 0, err
@@ -282,7 +308,7 @@ func (s *Service) Abandon(id core.InteractionID, reason string) (uint64, error) 
 	var wait time.Duration
 	switch state {
 	case StateQueued, StateOffered:
-		wait = s.clock.Now().Sub(ix.EnqueuedAt)
+		wait = s.clock.Now().Sub(ix.enqueued)
 		seq, err = s.moveLocked(ix, StateAbandoned, reason)
 	case StateConnected:
 		holder := ix.Agent
@@ -324,6 +350,7 @@ func (s *Service) LeaseEnded(e agent.LeaseEnd) {
 		if _, err := s.requeue(e.Interaction, e.Token, "offer expired"); err != nil && !errors.Is(err, ErrWrongState) {
 			s.logger.Warn("requeue after expiry", "interaction", e.Interaction, "err", err)
 		}
+		s.markDead(e.Interaction, e.Token)
 	case agent.OutcomeRevoked:
 		s.mu.Lock()
 		ix, ok := s.live[e.Interaction]
@@ -333,15 +360,28 @@ func (s *Service) LeaseEnded(e agent.LeaseEnd) {
 		}
 		s.mu.Unlock()
 		switch state {
+		case StateQueued:
+			s.markDead(e.Interaction, e.Token)
 		case StateOffered:
-			if _, err := s.requeue(e.Interaction, e.Token, "agent logged out"); err != nil {
+			if _, err := s.requeue(e.Interaction, e.Token, "agent logged out"); err != nil && !errors.Is(err, ErrWrongState) {
 				s.logger.Warn("requeue after revoke", "interaction", e.Interaction, "err", err)
 			}
+			s.markDead(e.Interaction, e.Token)
 		case StateConnected, StateWrapUp:
 			s.end(e.Interaction, e.Token, "agent logged out")
 		}
 	case agent.OutcomeWrapUpEnded:
 		s.end(e.Interaction, e.Token, "")
+	}
+}
+
+// markDead remembers a lease that ended while its interaction was still queued in
+// the Service: the router's Offer for it, if it comes, is refused.
+func (s *Service) markDead(id core.InteractionID, tok agent.Token) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ix, ok := s.live[id]; ok && State(ix.State) == StateQueued && ix.token != tok {
+		s.dead[id] = tok
 	}
 }
 
@@ -380,7 +420,7 @@ func (s *Service) requeue(id core.InteractionID, tok agent.Token, reason string)
 	}
 	ix.token, ix.Agent = agent.Token{}, ""
 	seq, err := s.moveLocked(ix, StateQueued, reason)
-	enq := ix.EnqueuedAt
+	enq := ix.enqueued
 	s.mu.Unlock()
 	if err != nil {
 		return 0, err
@@ -399,6 +439,22 @@ func (s *Service) fail(id core.InteractionID, reason string) (uint64, error) {
 		return 0, ErrNotFound
 	}
 	return s.moveLocked(ix, StateFailed, reason)
+}
+
+// holds reports whether agent by holds interaction id in one of the states.
+func (s *Service) holds(id core.InteractionID, by core.AgentID, states ...State) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ix, ok := s.live[id]
+	if !ok || ix.Agent != by {
+		return false
+	}
+	for _, st := range states {
+		if State(ix.State) == st {
+			return true
+		}
+	}
+	return false
 }
 
 // held returns the interaction if it is in state want and held by agent by.
@@ -433,10 +489,11 @@ func (s *Service) moveLocked(ix *live, to State, reason string) (uint64, error) 
 	seq, err := s.emitLocked(ix, string(from))
 	if to.Terminal() {
 		delete(s.live, ix.ID)
-		if s.draining && len(s.live) == 0 && s.idle != nil {
-			close(s.idle)
-			s.idle = nil
-		}
+		delete(s.dead, ix.ID)
+	}
+	if s.draining && s.idle != nil && s.withAgentsLocked() == 0 {
+		close(s.idle)
+		s.idle = nil
 	}
 	return seq, err
 }
@@ -490,11 +547,27 @@ func (s *Service) Live() int {
 	return len(s.live)
 }
 
-// Drain stops accepting new interactions and waits until the live ones end or ctx ends.
+// withAgentsLocked counts interactions offered to or held by an agent.
+func (s *Service) withAgentsLocked() int {
+	n := 0
+	for _, ix := range s.live {
+		switch State(ix.State) {
+		case StateOffered, StateConnected, StateWrapUp:
+			n++
+		}
+	}
+	return n
+}
+
+// Drain stops accepting new interactions and waits until every interaction that is
+// with an agent (offered, connected, wrap-up) ends, or ctx ends. Queued ones stay
+// queued — they are durable and resume at the next start; the caller stops the
+// router from offering them.
 func (s *Service) Drain(ctx context.Context) error {
 	s.mu.Lock()
 	s.draining = true
-	if len(s.live) == 0 {
+	n := s.withAgentsLocked()
+	if n == 0 {
 		s.mu.Unlock()
 		return nil
 	}
@@ -502,14 +575,16 @@ func (s *Service) Drain(ctx context.Context) error {
 		s.idle = make(chan struct{})
 	}
 	idle := s.idle
-	n := len(s.live)
 	s.mu.Unlock()
-	s.logger.Info("draining", "live", n)
+	s.logger.Info("draining: waiting for interactions with agents", "count", n)
 	select {
-	case <-idle: // every interaction ended
+	case <-idle: // every interaction with an agent ended
 		return nil
 	case <-ctx.Done(): // drain timeout
-		return fmt.Errorf("interaction: drain with %d live: %w", s.Live(), ctx.Err())
+		s.mu.Lock()
+		n = s.withAgentsLocked()
+		s.mu.Unlock()
+		return fmt.Errorf("interaction: drain with %d still with agents: %w", n, ctx.Err())
 	}
 }
 
@@ -519,9 +594,9 @@ func (s *Service) Drain(ctx context.Context) error {
 func (s *Service) Recover(open []events.Interaction) error {
 	for _, old := range open {
 		ix := &live{Interaction: old}
-		ix.Agent = ""
 		switch State(old.State) {
 		case StateCreated, StateQueued, StateOffered:
+			ix.Agent = ""
 			if _, ok := s.queues[old.Queue]; !ok {
 				ix.State = string(StateCreated)
 				s.mu.Lock()
@@ -545,10 +620,21 @@ func (s *Service) Recover(open []events.Interaction) error {
 			if enq.IsZero() {
 				enq = old.CreatedAt
 			}
+			ix.enqueued = enq
 			if err := s.enqueue(ix, enq); err != nil {
 				if _, ferr := s.fail(ix.ID, "recovery: "+err.Error()); ferr != nil {
 					return ferr
 				}
+			}
+		case StateWrapUp:
+			// The work was done; only the wrap-up timer died with the previous run.
+			s.mu.Lock()
+			s.live[ix.ID] = ix
+			ix.EndedAt = s.clock.Now().UTC()
+			_, err := s.moveLocked(ix, StateEnded, "node restarted during wrap-up")
+			s.mu.Unlock()
+			if err != nil {
+				return err
 			}
 		default:
 			ix.State = string(StateConnected)

@@ -284,3 +284,46 @@ func TestAcceptLosesToConcurrentAbandon(t *testing.T) {
 		t.Fatalf("ann should be free again: %+v", v)
 	}
 }
+
+// A lease that expired before the router's Offer reached the Service is refused as
+// dead: the interaction stays queued instead of being "offered" on a dead token.
+func TestOfferOnExpiredLeaseIsRefused(t *testing.T) {
+	clk := clock.NewFake(time.Date(2026, 11, 22, 9, 0, 0, 0, time.UTC))
+	st := newStack(t, clk, []config.Agent{{ID: "ann", Skills: map[core.SkillName]int{"x": 1}}}, []config.Queue{queue("q", 20*time.Second, 0)})
+	ix, _, err := st.s.Create(CreateRequest{Channel: core.ChannelTask, Queue: "q"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := agent.Token{Agent: "ann", Epoch: 1, Lease: 42}
+	st.s.LeaseEnded(agent.LeaseEnd{Token: tok, Interaction: ix.ID, Outcome: agent.OutcomeExpired})
+	if res := st.s.Offer(router.Offer{Interaction: ix.ID, Queue: "q", Grant: agent.Grant{Token: tok}}); res != router.OfferDead {
+		t.Fatalf("offer on a dead lease: %v, want OfferDead", res)
+	}
+	if got, _ := st.s.Get(ix.ID); got.State != string(StateQueued) {
+		t.Fatalf("state %s, want queued", got.State)
+	}
+	// Another lease for the same interaction is taken as usual.
+	must(t, st.m.Login("ann"))
+	must(t, st.m.SetReady("ann"))
+	g, err := st.m.Reserve(agent.ReserveRequest{Agent: "ann", Interaction: ix.ID, Channel: core.ChannelTask, TTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := st.s.Offer(router.Offer{Interaction: ix.ID, Queue: "q", Grant: g}); res != router.OfferTaken {
+		t.Fatalf("offer on a live lease: %v", res)
+	}
+	// An offer for an interaction that ended gives the agent back.
+	if _, err := st.s.Abandon(ix.ID, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	g2, err := st.m.Reserve(agent.ReserveRequest{Agent: "ann", Interaction: ix.ID, Channel: core.ChannelTask, TTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res := st.s.Offer(router.Offer{Interaction: ix.ID, Queue: "q", Grant: g2}); res != router.OfferGone {
+		t.Fatalf("offer for an ended interaction: %v", res)
+	}
+	if v, _ := st.m.Snapshot("ann"); len(v.Leases) != 0 {
+		t.Fatalf("lease not released: %+v", v.Leases)
+	}
+}

@@ -70,7 +70,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	n.router, err = router.New(router.Params{
-		Queues: cfg.Queues, Agents: cfg.Agents, Reserver: n.agents, Offerer: n.ix, OnTimeout: n.ix.TimedOut,
+		Queues: cfg.Queues, Agents: cfg.Agents, Reserver: n.agents, Offerer: n.ix, Owner: n.agents, OnTimeout: n.ix.TimedOut,
 		Log: n.log, Clock: clk, Logger: n.logger.With("component", "router"),
 		MaxWaiting: cfg.Routing.MaxWaiting, Candidates: cfg.Routing.DecisionCandidates,
 	})
@@ -108,7 +108,11 @@ func (n *Node) Run(ctx context.Context) error {
 	// Requests (event streams above all) end when shutdown starts, not after it.
 	hctx, stopHTTP := context.WithCancel(gctx)
 	defer stopHTTP()
-	srv := &http.Server{Handler: n.api, ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return hctx }}
+	srv := &http.Server{
+		Handler: n.api, BaseContext: func(net.Listener) context.Context { return hctx },
+		// No WriteTimeout: event streams are long-lived responses.
+		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
+	}
 	srv.RegisterOnShutdown(stopHTTP)
 	g.Go(func() error {
 		if err := srv.Serve(n.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -141,17 +145,28 @@ func (n *Node) Run(ctx context.Context) error {
 		runErr = errors.New("node: a component stopped")
 	}
 	n.ready.Store(false)
-	n.logger.Info("draining", "timeout", n.cfg.Node.DrainTimeout.D().String())
-	_, _ = n.log.Append(events.Event{Time: time.Now().UTC(), Type: events.TypeNode, Data: events.Node{Node: n.cfg.Node.ID, State: "draining"}})
-	dctx, cancel := context.WithTimeout(context.Background(), n.cfg.Node.DrainTimeout.D())
-	if err := n.ix.Drain(dctx); err != nil {
-		n.logger.Warn("drain incomplete; open interactions resume at next start", "err", err)
+	if runErr != nil {
+		// The store writer may be the one that died: nothing more can be made
+		// durable, so close the log first to wake everything waiting on it.
+		n.log.Close()
+	} else {
+		n.logger.Info("draining", "timeout", n.cfg.Node.DrainTimeout.D().String())
+		_, _ = n.log.Append(events.Event{Time: time.Now().UTC(), Type: events.TypeNode, Data: events.Node{Node: n.cfg.Node.ID, State: "draining"}})
+		// Queued interactions stay queued (durable; they resume at the next start);
+		// those with agents finish.
+		n.router.SetDraining(true)
+		dctx, cancel := context.WithTimeout(context.Background(), n.cfg.Node.DrainTimeout.D())
+		if err := n.ix.Drain(dctx); err != nil {
+			n.logger.Warn("drain incomplete; open interactions resume at next start", "err", err)
+		}
+		cancel()
 	}
-	cancel()
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	_ = srv.Shutdown(sctx)
 	cancel()
-	_, _ = n.log.Append(events.Event{Time: time.Now().UTC(), Type: events.TypeNode, Data: events.Node{Node: n.cfg.Node.ID, State: "stopped"}})
+	if runErr == nil {
+		_, _ = n.log.Append(events.Event{Time: time.Now().UTC(), Type: events.TypeNode, Data: events.Node{Node: n.cfg.Node.ID, State: "stopped"}})
+	}
 	stopBG()
 	if err := g.Wait(); err != nil && runErr == nil {
 		runErr = err

@@ -37,12 +37,6 @@ func scale(nAgents, nQueues int, strategy config.Strategy) ([]config.Agent, []co
 	return agents, queues
 }
 
-type releaser struct{ m *agent.Manager }
-
-// Offer releases at once so agents stay available: the benchmark measures the
-// decision and the reservation, not agents' talk time.
-func (r releaser) Offer(o Offer) {}
-
 // BenchmarkRouteAndReserve measures one routing decision plus the reservation at
 // the owner (10,000 agents, 1,000 queues), with the router's feed running as in a
 // node. Each granted lease is released right after, off the measured path.
@@ -112,7 +106,7 @@ type grabber struct {
 	o  Offer
 }
 
-func (g *grabber) Offer(o Offer) { g.ok, g.o = true, o }
+func (g *grabber) Offer(o Offer) OfferResult { g.ok, g.o = true, o; return OfferTaken }
 
 func (r *Router) fedSeq() uint64 {
 	r.mu.Lock()
@@ -152,5 +146,3 @@ func TestMemoryPerIdleAgent(t *testing.T) {
 	runtime.KeepAlive(m)
 	runtime.KeepAlive(r)
 }
-
-var _ = releaser{}

@@ -49,8 +49,22 @@ type Reserver interface {
 // Offerer receives each granted reservation. Offer is called with the router's lock
 // held: it must not block and must not call back into the Router.
 type Offerer interface {
-	Offer(o Offer)
+	Offer(o Offer) OfferResult
 }
+
+// OfferResult is what became of an offer handed to the Offerer.
+type OfferResult int
+
+// Offer results.
+const (
+	// OfferTaken: the interaction is now offered to the agent.
+	OfferTaken OfferResult = iota
+	// OfferGone: the interaction ended meanwhile; the Offerer released the lease.
+	OfferGone
+	// OfferDead: the lease ended (expired) before the offer could be recorded; the
+	// interaction still waits and the router tries another agent.
+	OfferDead
+)
 
 // Offer is a granted reservation handed to the interaction's holder.
 type Offer struct {
@@ -72,6 +86,12 @@ type Waiting struct {
 	EnqueuedAt time.Time
 }
 
+// Snapshotter returns the current state of every agent; the router resyncs its view
+// from it after falling behind the owners' events. Safe for concurrent use.
+type Snapshotter interface {
+	Snapshots() []agent.View
+}
+
 // TimeoutFunc is called (without the router lock) for interactions whose queue's max
 // wait passed; they have left the queue.
 type TimeoutFunc func(w Waiting)
@@ -83,6 +103,8 @@ type Params struct {
 	Agents   []config.Agent
 	Reserver Reserver
 	Offerer  Offerer
+	// Owner resyncs the view after a feed gap (optional).
+	Owner Snapshotter
 	// OnTimeout is told of interactions that exceeded their queue's max wait.
 	OnTimeout TimeoutFunc
 	Log       *events.Log
@@ -148,6 +170,7 @@ type waiter struct {
 type Router struct {
 	reserver   Reserver
 	offerer    Offerer
+	owner      Snapshotter
 	onTimeout  TimeoutFunc
 	log        *events.Log
 	clock      clock.Clock
@@ -172,7 +195,7 @@ type Router struct {
 // New compiles the queues' eligibility and returns a Router with every agent unavailable.
 func New(p Params) (*Router, error) {
 	r := &Router{
-		reserver: p.Reserver, offerer: p.Offerer, onTimeout: p.OnTimeout, log: p.Log, clock: p.Clock, logger: p.Logger,
+		reserver: p.Reserver, offerer: p.Offerer, owner: p.Owner, onTimeout: p.OnTimeout, log: p.Log, clock: p.Clock, logger: p.Logger,
 		maxWaiting: p.MaxWaiting, candidates: p.Candidates, tick: p.TickInterval,
 		queues: map[core.QueueID]*queue{}, agents: map[core.AgentID]*agentView{}, waiters: map[core.InteractionID]*waiter{},
 	}
@@ -453,6 +476,9 @@ func better(a, b scored) bool {
 }
 
 // routeLocked tries to reserve an agent for wt; on success wt leaves the queue.
+// Candidates are tried best first; every refusal marks that agent unavailable in
+// the view (until its next event) and ranking starts again, so an interaction never
+// waits while an agent the view believes free has not been tried.
 func (r *Router) routeLocked(wt *waiter, direction string) bool {
 	if r.draining {
 		return false
@@ -463,58 +489,87 @@ func (r *Router) routeLocked(wt *waiter, direction string) bool {
 	si := q.stepAt(wait)
 	wt.lastStep = si
 	st := &q.steps[si]
-	top, eligible := r.rank(wt, st, start, r.candidates)
 	d := events.Decision{
 		Direction: direction, Strategy: string(q.cfg.Strategy), Step: si, Queues: st.queues,
-		Eligible: eligible, Candidates: make([]events.Candidate, len(top)), WaitMillis: wait.Milliseconds(),
+		Eligible: len(st.eligible), WaitMillis: wait.Milliseconds(), Outcome: "no_agent",
 	}
-	for i, c := range top {
-		d.Candidates[i] = events.Candidate{Agent: c.v.id, Score: c.score, Result: "not_tried"}
-	}
-	granted := false
-	for i, c := range top {
-		g, err := r.reserver.Reserve(agent.ReserveRequest{
-			Agent: c.v.id, Interaction: wt.ID, Channel: wt.Channel, TTL: q.cfg.OfferTimeout.D(),
-		})
-		if err != nil {
-			var deny *agent.DenyError
-			if errors.As(err, &deny) {
-				d.Candidates[i].Result = "denied:" + string(deny.Reason)
-				// Our view was stale: mark the agent unavailable on this channel until its next event.
-				c.v.used[wt.Channel.Index()] = c.v.cap[wt.Channel.Index()]
-				continue
+	done := false
+	for round := 0; !done && round <= len(st.eligible); round++ {
+		top, _ := r.rank(wt, st, start, r.candidates)
+		if len(top) == 0 {
+			break
+		}
+		base := len(d.Candidates)
+		for _, c := range top {
+			d.Candidates = append(d.Candidates, events.Candidate{Agent: c.v.id, Score: c.score, Result: "not_tried"})
+		}
+		for i, c := range top {
+			res, result := r.tryLocked(wt, c.v, wait)
+			d.Candidates[base+i].Result = result
+			if res == tryGranted || res == tryGone {
+				if res == tryGranted {
+					d.Chosen, d.Outcome = c.v.id, "reserved"
+				} else {
+					d.Outcome = "interaction_gone"
+				}
+				done = true
+				break
 			}
-			d.Candidates[i].Result = "error:" + err.Error()
-			r.logger.Warn("reserve failed", "agent", c.v.id, "interaction", wt.ID, "err", err)
-			continue
+			d.Outcome = "all_denied"
 		}
-		d.Candidates[i].Result = "granted"
-		d.Chosen = c.v.id
-		r.applyStateLocked(c.v, g.State)
-		if q.cfg.Strategy == config.StrategyRoundRobin {
-			q.rrLast = c.v.index
+	}
+	r.recordLocked(wt, start, d)
+	return d.Outcome == "reserved"
+}
+
+type tryResult int
+
+const (
+	tryGranted tryResult = iota
+	tryRefused
+	tryGone
+)
+
+// tryLocked reserves agent v for wt and hands the grant to the Offerer. On success
+// wt leaves its queue. A refusal marks v unavailable on the channel until its next
+// event. It returns the outcome and the candidate's result text.
+func (r *Router) tryLocked(wt *waiter, v *agentView, wait time.Duration) (tryResult, string) {
+	q := wt.q
+	ci := wt.Channel.Index()
+	g, err := r.reserver.Reserve(agent.ReserveRequest{Agent: v.id, Interaction: wt.ID, Channel: wt.Channel, TTL: q.cfg.OfferTimeout.D()})
+	if err != nil {
+		v.used[ci] = v.cap[ci]
+		var deny *agent.DenyError
+		if errors.As(err, &deny) {
+			return tryRefused, "denied:" + string(deny.Reason)
 		}
+		r.logger.Warn("reserve failed", "agent", v.id, "interaction", wt.ID, "err", err)
+		return tryRefused, "error:" + err.Error()
+	}
+	r.applyStateLocked(v, g.State)
+	switch r.offerer.Offer(Offer{Interaction: wt.ID, Queue: q.cfg.ID, Grant: g, Wait: wait}) {
+	case OfferGone:
 		r.removeLocked(wt)
-		q.stats.offered++
-		r.offerer.Offer(Offer{Interaction: wt.ID, Queue: q.cfg.ID, Grant: g, Wait: wait})
-		granted = true
-		break
+		return tryGone, "granted:interaction_gone"
+	case OfferDead:
+		v.used[ci] = v.cap[ci]
+		return tryRefused, "granted:lease_expired_before_offer"
 	}
-	switch {
-	case granted:
-		d.Outcome = "reserved"
-	case len(top) == 0:
-		d.Outcome = "no_agent"
-	default:
-		d.Outcome = "all_denied"
+	if q.cfg.Strategy == config.StrategyRoundRobin {
+		q.rrLast = v.index
 	}
+	r.removeLocked(wt)
+	q.stats.offered++
+	return tryGranted, "granted"
+}
+
+func (r *Router) recordLocked(wt *waiter, start time.Time, d events.Decision) {
 	d.DecisionMicros = r.clock.Now().Sub(start).Microseconds()
 	if _, err := r.log.Append(events.Event{
-		Time: start.UTC(), Type: events.TypeDecision, Interaction: wt.ID, Queue: q.cfg.ID, Data: d,
+		Time: start.UTC(), Type: events.TypeDecision, Interaction: wt.ID, Queue: wt.q.cfg.ID, Data: d,
 	}); err != nil {
 		r.logger.Error("record decision", "interaction", wt.ID, "err", err)
 	}
-	return granted
 }
 
 // ApplyAgentState updates the view of one agent from its owner's event and, if the
@@ -523,10 +578,14 @@ func (r *Router) ApplyAgentState(id core.AgentID, st events.AgentState) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	v, ok := r.agents[id]
-	if !ok || st.Version <= v.version {
+	if !ok {
 		return
 	}
-	r.applyStateLocked(v, st)
+	// An older version is not applied (a grant's newer state got here first), but
+	// the view may show a slot that freed meanwhile: look for work either way.
+	if st.Version > v.version {
+		r.applyStateLocked(v, st)
+	}
 	r.agentFreedLocked(v)
 }
 
@@ -577,6 +636,9 @@ func (r *Router) agentFreedLocked(v *agentView) {
 
 // routeAgentLocked reserves agent v for wt (agent-freed direction).
 func (r *Router) routeAgentLocked(wt *waiter, v *agentView) bool {
+	if r.draining {
+		return false
+	}
 	start := r.clock.Now()
 	q := wt.q
 	wait := start.Sub(wt.EnqueuedAt)
@@ -584,35 +646,19 @@ func (r *Router) routeAgentLocked(wt *waiter, v *agentView) bool {
 	st := &q.steps[si]
 	d := events.Decision{
 		Direction: "agent_freed", Strategy: string(q.cfg.Strategy), Step: si, Queues: st.queues,
-		Eligible: len(st.eligible), WaitMillis: wait.Milliseconds(),
+		Eligible: len(st.eligible), WaitMillis: wait.Milliseconds(), Outcome: "all_denied",
 		Candidates: []events.Candidate{{Agent: v.id, Why: "agent became free; best waiting interaction of its queues (priority " + strconv.Itoa(wt.Priority) + ")"}},
 	}
-	g, err := r.reserver.Reserve(agent.ReserveRequest{Agent: v.id, Interaction: wt.ID, Channel: wt.Channel, TTL: q.cfg.OfferTimeout.D()})
-	granted := err == nil
-	if granted {
-		d.Candidates[0].Result, d.Chosen, d.Outcome = "granted", v.id, "reserved"
-		r.applyStateLocked(v, g.State)
-		if q.cfg.Strategy == config.StrategyRoundRobin {
-			q.rrLast = v.index
-		}
-		r.removeLocked(wt)
-		q.stats.offered++
-		r.offerer.Offer(Offer{Interaction: wt.ID, Queue: q.cfg.ID, Grant: g, Wait: wait})
-	} else {
-		d.Outcome = "all_denied"
-		var deny *agent.DenyError
-		if errors.As(err, &deny) {
-			d.Candidates[0].Result = "denied:" + string(deny.Reason)
-		} else {
-			d.Candidates[0].Result = "error:" + err.Error()
-		}
-		v.used[wt.Channel.Index()] = v.cap[wt.Channel.Index()]
+	res, result := r.tryLocked(wt, v, wait)
+	d.Candidates[0].Result = result
+	switch res {
+	case tryGranted:
+		d.Chosen, d.Outcome = v.id, "reserved"
+	case tryGone:
+		d.Outcome = "interaction_gone"
 	}
-	d.DecisionMicros = r.clock.Now().Sub(start).Microseconds()
-	if _, err := r.log.Append(events.Event{Time: start.UTC(), Type: events.TypeDecision, Interaction: wt.ID, Queue: q.cfg.ID, Data: d}); err != nil {
-		r.logger.Error("record decision", "interaction", wt.ID, "err", err)
-	}
-	return granted
+	r.recordLocked(wt, start, d)
+	return res != tryRefused
 }
 
 // Tick applies overflow steps and max wait. Run calls it every TickInterval; tests
@@ -646,6 +692,26 @@ func (r *Router) Tick() {
 	}
 }
 
+// resync rebuilds the view from the owner's snapshots and offers free agents work.
+func (r *Router) resync() {
+	if r.owner == nil {
+		return
+	}
+	views := r.owner.Snapshots()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, av := range views {
+		if v, ok := r.agents[av.ID]; ok && av.State.Version >= v.version {
+			r.applyStateLocked(v, av.State)
+		}
+	}
+	for _, av := range views {
+		if v, ok := r.agents[av.ID]; ok {
+			r.agentFreedLocked(v)
+		}
+	}
+}
+
 // SetDraining stops (or resumes) new reservations; queued interactions stay queued.
 func (r *Router) SetDraining(d bool) {
 	r.mu.Lock()
@@ -665,9 +731,11 @@ func (r *Router) Run(ctx context.Context, after uint64) error {
 			return nil
 		}
 		if err != nil {
-			// We fell out of the window: resync from nothing newer than now.
-			r.logger.Warn("router feed gap; resyncing", "after", after, "err", err)
+			// We fell out of the window: take the owners' current state, then follow
+			// the log from here (older events are ignored by version).
+			r.logger.Warn("router feed gap; resyncing the agent view", "after", after, "err", err)
 			after = r.log.LastSeq()
+			r.resync()
 			continue
 		}
 		for _, ev := range evs {

@@ -21,10 +21,11 @@ type recorder struct {
 	offers []Offer
 }
 
-func (r *recorder) Offer(o Offer) {
+func (r *recorder) Offer(o Offer) OfferResult {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.offers = append(r.offers, o)
+	return OfferTaken
 }
 
 func (r *recorder) last() (Offer, bool) {

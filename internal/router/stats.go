@@ -23,8 +23,8 @@ type QueueStats struct {
 	Answered  uint64 `json:"answered"`
 	Abandoned uint64 `json:"abandoned"`
 	TimedOut  uint64 `json:"timed_out"`
-	// ServiceLevelPercent is answered within the threshold over answered plus
-	// abandoned after the threshold (abandons inside the threshold do not count);
+	// ServiceLevelPercent is answered within the threshold over answered, abandoned
+	// after the threshold and timed out (abandons inside the threshold do not count);
 	// -1 when nothing counted yet.
 	ServiceLevelPercent float64 `json:"service_level_percent"`
 	ServiceLevelTarget  int     `json:"service_level_target_percent"`
@@ -74,7 +74,9 @@ func (r *Router) statsLocked(q *queue, now time.Time) QueueStats {
 			}
 		}
 	}
-	if den := q.stats.answered + q.stats.abandonedAfterSL; den > 0 {
+	// Timed-out interactions waited past their queue's max wait: they count against
+	// the service level like abandons after the threshold.
+	if den := q.stats.answered + q.stats.abandonedAfterSL + q.stats.timedOut; den > 0 {
 		s.ServiceLevelPercent = 100 * float64(q.stats.answeredInSL) / float64(den)
 	}
 	return s
