@@ -1217,3 +1217,53 @@ func TestHealthMetricsOpenAPI(t *testing.T) {
 		t.Errorf("openapi.json has no paths object")
 	}
 }
+
+func TestIdempotencyKey(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, nil)
+	post := func(body, key string) (int, http.Header, []byte) {
+		req, err := http.NewRequest("POST", n.base+"/api/v1/interactions", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		if key != "" {
+			req.Header.Set("Idempotency-Key", key)
+		}
+		resp, err := n.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, resp.Header, data
+	}
+	st, _, data := post(`{"queue":"sales"}`, "order-42")
+	if st != http.StatusCreated {
+		t.Fatalf("first create: %d %s", st, data)
+	}
+	first := decodeJSON[ixBody](t, data)
+	st, h, data := post(`{"queue":"sales"}`, "order-42")
+	if st != http.StatusOK || h.Get("Idempotent-Replayed") != "true" || decodeJSON[ixBody](t, data).ID != first.ID {
+		t.Fatalf("replay while live: %d %v %s", st, h, data)
+	}
+	st, _, data = post(`{"queue":"support"}`, "order-42")
+	if st != http.StatusUnprocessableEntity || !strings.Contains(string(data), "idempotency_key_reused") {
+		t.Fatalf("reuse for another queue: %d %s", st, data)
+	}
+	// Once the interaction ended, a retry still finds it (in the store).
+	n.call("POST", "/api/v1/interactions/"+first.ID+"/cancel", n.admin(), nil, http.StatusOK)
+	st, _, data = post(`{"queue":"sales"}`, "order-42")
+	if st != http.StatusOK || decodeJSON[ixBody](t, data).ID != first.ID {
+		t.Fatalf("replay after end: %d %s", st, data)
+	}
+	// Without a key, every request creates.
+	st1, _, d1 := post(`{"queue":"sales"}`, "")
+	st2, _, d2 := post(`{"queue":"sales"}`, "")
+	if st1 != http.StatusCreated || st2 != http.StatusCreated || decodeJSON[ixBody](t, d1).ID == decodeJSON[ixBody](t, d2).ID {
+		t.Fatalf("no key: %d %d", st1, st2)
+	}
+	if st, _, _ := post(`{"queue":"sales"}`, strings.Repeat("k", 129)); st != http.StatusBadRequest {
+		t.Fatalf("long key: %d", st)
+	}
+}

@@ -194,9 +194,29 @@ func (s *Server) createInteraction(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	key := r.Header.Get("Idempotency-Key")
+	if len(key) > 128 {
+		writeError(w, http.StatusBadRequest, "bad_request", "Idempotency-Key: longer than 128 characters")
+		return
+	}
+	if key != "" {
+		// A retry of a request whose interaction already ended: answer it again.
+		if err := s.durable(r); err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		if ix, err := s.p.Store.InteractionByKey(r.Context(), key); err == nil {
+			s.replay(w, ix, req)
+			return
+		}
+	}
 	ix, _, err := s.p.Interactions.Create(interaction.CreateRequest{
-		Channel: ch, Queue: core.QueueID(req.Queue), Priority: req.Priority, Attributes: req.Attributes,
+		Channel: ch, Queue: core.QueueID(req.Queue), Priority: req.Priority, Attributes: req.Attributes, IdempotencyKey: key,
 	})
+	if errors.Is(err, interaction.ErrReplayed) {
+		s.replay(w, ix, req)
+		return
+	}
 	// Wait for durability even on failure: a refused interaction is recorded as failed.
 	if derr := s.durable(r); err == nil {
 		err = derr
@@ -211,6 +231,22 @@ func (s *Server) createInteraction(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Location", "/api/v1/interactions/"+string(ix.ID))
 	writeJSON(w, http.StatusCreated, ix)
+}
+
+// replay answers a repeated create (same Idempotency-Key) with the first
+// interaction, or 422 when the repeat asks for something else.
+func (s *Server) replay(w http.ResponseWriter, ix events.Interaction, req createRequest) {
+	if string(ix.Queue) != req.Queue {
+		writeError(w, http.StatusUnprocessableEntity, "idempotency_key_reused",
+			fmt.Sprintf("Idempotency-Key was used for interaction %s in queue %s; this request asks for queue %s", ix.ID, ix.Queue, req.Queue))
+		return
+	}
+	if cur, ok := s.p.Interactions.Get(ix.ID); ok {
+		ix = cur
+	}
+	w.Header().Set("Location", "/api/v1/interactions/"+string(ix.ID))
+	w.Header().Set("Idempotent-Replayed", "true")
+	writeJSON(w, http.StatusOK, ix)
 }
 
 func (s *Server) listInteractions(w http.ResponseWriter, r *http.Request) {

@@ -107,6 +107,8 @@ type Interaction struct {
 	EndedAt    time.Time          `json:"ended_at,omitzero"`
 	// Attributes are the caller-supplied key/values (subject, customer id, ...).
 	Attributes map[string]string `json:"attributes,omitempty"`
+	// IdempotencyKey is the client's Idempotency-Key of the create request, if any.
+	IdempotencyKey string `json:"idempotency_key,omitempty"`
 }
 
 // Candidate is one agent considered by a routing decision.

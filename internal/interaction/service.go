@@ -28,6 +28,8 @@ var (
 	ErrNotYours     = errors.New("interaction is not offered to or held by this agent")
 	ErrWrongState   = errors.New("operation not allowed in the interaction's state")
 	ErrBadRequest   = errors.New("bad request")
+	// ErrReplayed: the idempotency key was used before; Create returns that interaction.
+	ErrReplayed = errors.New("idempotency key already used")
 )
 
 // Agents is what the Service needs of the agents' owner. Methods may block briefly
@@ -84,14 +86,16 @@ type Service struct {
 	// dead holds leases that ended before their offer reached the Service (an
 	// expiry racing the router's Offer); Offer refuses them. Entries leave with
 	// their interaction.
-	dead     map[core.InteractionID]agent.Token
+	dead map[core.InteractionID]agent.Token
+	// keys maps the idempotency keys of live interactions to them.
+	keys     map[string]core.InteractionID
 	draining bool
 	idle     chan struct{} // closed when draining and no interaction is with an agent
 }
 
 // NewService returns a Service; call Wire before use.
 func NewService(p Params) (*Service, error) {
-	s := &Service{log: p.Log, clock: p.Clock, logger: p.Logger, queues: map[core.QueueID]queueInfo{}, live: map[core.InteractionID]*live{}, dead: map[core.InteractionID]agent.Token{}}
+	s := &Service{log: p.Log, clock: p.Clock, logger: p.Logger, queues: map[core.QueueID]queueInfo{}, live: map[core.InteractionID]*live{}, dead: map[core.InteractionID]agent.Token{}, keys: map[string]core.InteractionID{}}
 	if s.logger == nil {
 		s.logger = slog.Default()
 	}
@@ -117,6 +121,9 @@ type CreateRequest struct {
 	Priority *int
 	// Attributes are free key/values shown to the agent (subject, customer, ...).
 	Attributes map[string]string
+	// IdempotencyKey, when set, makes a repeat of the request return the first
+	// interaction (while it is live; the API looks ended ones up in the store).
+	IdempotencyKey string
 }
 
 // Create makes an interaction, persists it and queues it. It returns the
@@ -142,14 +149,22 @@ func (s *Service) Create(req CreateRequest) (events.Interaction, uint64, error) 
 	}
 	ix := &live{Interaction: events.Interaction{
 		ID: newID(), Channel: req.Channel, Queue: req.Queue, Priority: prio, State: string(StateCreated),
-		CreatedAt: now.UTC(), Attributes: req.Attributes,
+		CreatedAt: now.UTC(), Attributes: req.Attributes, IdempotencyKey: req.IdempotencyKey,
 	}}
 	s.mu.Lock()
+	if id, ok := s.keys[req.IdempotencyKey]; ok && req.IdempotencyKey != "" {
+		snap := s.live[id].Interaction
+		s.mu.Unlock()
+		return snap, 0, fmt.Errorf("interaction: create: %w", ErrReplayed)
+	}
 	if s.draining {
 		s.mu.Unlock()
 		return events.Interaction{}, 0, fmt.Errorf("interaction: create: %w", ErrDraining)
 	}
 	s.live[ix.ID] = ix
+	if req.IdempotencyKey != "" {
+		s.keys[req.IdempotencyKey] = ix.ID
+	}
 	seq, err := s.emitLocked(ix, "")
 	if err == nil {
 		ix.EnqueuedAt, ix.enqueued = now.UTC(), now
@@ -490,6 +505,9 @@ func (s *Service) moveLocked(ix *live, to State, reason string) (uint64, error) 
 	if to.Terminal() {
 		delete(s.live, ix.ID)
 		delete(s.dead, ix.ID)
+		if ix.IdempotencyKey != "" {
+			delete(s.keys, ix.IdempotencyKey)
+		}
 	}
 	if s.draining && s.idle != nil && s.withAgentsLocked() == 0 {
 		close(s.idle)
@@ -611,6 +629,9 @@ func (s *Service) Recover(open []events.Interaction) error {
 			ix.State = string(StateQueued)
 			s.mu.Lock()
 			s.live[ix.ID] = ix
+			if ix.IdempotencyKey != "" {
+				s.keys[ix.IdempotencyKey] = ix.ID
+			}
 			_, err := s.emitLocked(ix, old.State)
 			s.mu.Unlock()
 			if err != nil {

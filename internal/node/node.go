@@ -121,7 +121,11 @@ func (n *Node) Run(ctx context.Context) error {
 		return nil
 	})
 
-	open, err := n.store.OpenInteractions(ctx)
+	err := n.closePreviousRun(ctx)
+	var open []events.Interaction
+	if err == nil {
+		open, err = n.store.OpenInteractions(ctx)
+	}
 	if err == nil {
 		err = n.ix.Recover(open)
 	}
@@ -176,6 +180,39 @@ func (n *Node) Run(ctx context.Context) error {
 	n.close()
 	n.logger.Info("stopped")
 	return runErr
+}
+
+// closePreviousRun records the end of what died with the previous run: its open
+// leases are revoked and its logged-in agents logged out (agents log in again; their
+// sessions lived in that process). History and reports then never show a lease or
+// a session open forever.
+func (n *Node) closePreviousRun(ctx context.Context) error {
+	leases, err := n.store.OpenLeases(ctx)
+	if err != nil {
+		return err
+	}
+	agents, err := n.store.LoggedInAgents(ctx)
+	if err != nil {
+		return err
+	}
+	now := time.Now().UTC()
+	evs := make([]events.Event, 0, len(leases)+len(agents))
+	for _, l := range leases {
+		evs = append(evs, events.Event{Time: now, Type: events.TypeLease, Agent: l.Agent, Interaction: l.Interaction,
+			Data: events.Lease{Lease: l.Lease, Epoch: l.Epoch, Channel: l.Channel, Outcome: "revoked"}})
+	}
+	for _, a := range agents {
+		evs = append(evs, events.Event{Time: now, Type: events.TypeAgentState, Agent: a,
+			Data: events.AgentState{State: "logged_out", Presence: "logged_out", Cause: "node_restart", Epoch: n.agents.Epoch(), Load: []events.ChannelLoad{}}})
+	}
+	if len(evs) == 0 {
+		return nil
+	}
+	if _, err := n.log.Append(evs...); err != nil {
+		return err
+	}
+	n.logger.Info("closed what the previous run left open", "leases", len(leases), "agents", len(agents))
+	return nil
 }
 
 func (n *Node) close() {

@@ -89,6 +89,12 @@ CREATE TABLE leases (
 );
 CREATE INDEX leases_agent ON leases(agent, seq);
 `,
+	// 2: idempotency keys of interactions created through the API.
+	`
+ALTER TABLE interactions ADD COLUMN idempotency_key TEXT;
+CREATE UNIQUE INDEX interactions_idempotency_key ON interactions(idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX leases_epoch ON leases(epoch, lease, seq);
+`,
 }
 
 const sqlMigrationsTable = `CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -57,7 +57,7 @@ type InteractionFilter struct {
 }
 
 const interactionCols = `id, channel, queue, priority, state, previous, agent, reason,
-	created_at, enqueued_at, answered_at, ended_at, attributes`
+	created_at, enqueued_at, answered_at, ended_at, attributes, idempotency_key`
 
 // GetInteraction returns the latest state of interaction id, or ErrNotFound.
 func (s *Store) GetInteraction(ctx context.Context, id core.InteractionID) (events.Interaction, error) {
@@ -73,6 +73,78 @@ func (s *Store) GetInteraction(ctx context.Context, id core.InteractionID) (even
 		return events.Interaction{}, fmt.Errorf("store: get interaction %s: %w", id, ErrNotFound)
 	}
 	return its[0], nil
+}
+
+// InteractionByKey returns the interaction created with idempotency key, or ErrNotFound.
+func (s *Store) InteractionByKey(ctx context.Context, key string) (events.Interaction, error) {
+	rows, err := s.r.QueryContext(ctx, `SELECT `+interactionCols+` FROM interactions WHERE idempotency_key = ?`, key)
+	if err != nil {
+		return events.Interaction{}, fmt.Errorf("store: interaction by key: %w", err)
+	}
+	its, err := scanInteractions(rows)
+	if err != nil {
+		return events.Interaction{}, fmt.Errorf("store: interaction by key: %w", err)
+	}
+	if len(its) == 0 {
+		return events.Interaction{}, fmt.Errorf("store: interaction by key: %w", ErrNotFound)
+	}
+	return its[0], nil
+}
+
+// OpenLease is a lease whose last recorded outcome left it open.
+type OpenLease struct {
+	Agent       core.AgentID
+	Interaction core.InteractionID
+	Lease       core.LeaseID
+	Epoch       uint64
+	Channel     core.Channel
+	Outcome     string
+}
+
+// OpenLeases returns the leases of the newest recorded epoch that never ended: at
+// start-up they are the leases that died with the previous run.
+func (s *Store) OpenLeases(ctx context.Context) ([]OpenLease, error) {
+	rows, err := s.r.QueryContext(ctx, `
+SELECT agent, COALESCE(interaction, ''), lease, epoch, COALESCE(channel, ''), outcome FROM leases
+WHERE seq IN (SELECT MAX(seq) FROM leases WHERE epoch = (SELECT MAX(epoch) FROM leases) GROUP BY lease)
+  AND outcome IN ('granted', 'accepted', 'completed')
+ORDER BY seq`)
+	if err != nil {
+		return nil, fmt.Errorf("store: open leases: %w", err)
+	}
+	defer rows.Close()
+	var out []OpenLease
+	for rows.Next() {
+		var l OpenLease
+		var lease, epoch int64
+		if err := rows.Scan(&l.Agent, &l.Interaction, &lease, &epoch, &l.Channel, &l.Outcome); err != nil {
+			return nil, fmt.Errorf("store: open leases: %w", err)
+		}
+		l.Lease, l.Epoch = core.LeaseID(lease), uint64(epoch)
+		out = append(out, l)
+	}
+	return out, rows.Err()
+}
+
+// LoggedInAgents returns the agents whose last recorded state is not logged_out.
+func (s *Store) LoggedInAgents(ctx context.Context) ([]core.AgentID, error) {
+	rows, err := s.r.QueryContext(ctx, `
+SELECT agent FROM agent_state_history
+WHERE seq IN (SELECT MAX(seq) FROM agent_state_history GROUP BY agent) AND state <> 'logged_out'
+ORDER BY agent`)
+	if err != nil {
+		return nil, fmt.Errorf("store: logged-in agents: %w", err)
+	}
+	defer rows.Close()
+	var out []core.AgentID
+	for rows.Next() {
+		var a core.AgentID
+		if err := rows.Scan(&a); err != nil {
+			return nil, fmt.Errorf("store: logged-in agents: %w", err)
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
 }
 
 // ListInteractions returns the interactions matching f, newest (by created_at) first.
@@ -147,12 +219,13 @@ func scanInteractions(rows *sql.Rows) ([]events.Interaction, error) {
 		var (
 			it                                    events.Interaction
 			queue, previous, agent, reason, attrs sql.NullString
-			created, enq, ans, ended              sql.NullString
+			created, enq, ans, ended, key         sql.NullString
 		)
 		if err := rows.Scan(&it.ID, &it.Channel, &queue, &it.Priority, &it.State, &previous, &agent, &reason,
-			&created, &enq, &ans, &ended, &attrs); err != nil {
+			&created, &enq, &ans, &ended, &attrs, &key); err != nil {
 			return nil, err
 		}
+		it.IdempotencyKey = key.String
 		it.Queue, it.Previous, it.Agent, it.Reason = core.QueueID(queue.String), previous.String,
 			core.AgentID(agent.String), reason.String
 		var err error

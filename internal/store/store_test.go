@@ -515,3 +515,39 @@ func BenchmarkWriteBatch(b *testing.B) {
 		})
 	}
 }
+
+func TestOpenLeasesAndLoggedInAgents(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	ctx := context.Background()
+	at := time.Date(2026, 11, 22, 9, 0, 0, 0, time.UTC)
+	lease := func(seq uint64, agent string, id core.LeaseID, epoch uint64, outcome string) events.Event {
+		return events.Event{Seq: seq, Time: at, Type: events.TypeLease, Agent: core.AgentID(agent), Interaction: core.InteractionID(fmt.Sprintf("ix-%d", id)),
+			Data: events.Lease{Lease: id, Epoch: epoch, Channel: core.ChannelTask, Outcome: outcome}}
+	}
+	state := func(seq uint64, agent, st string) events.Event {
+		return events.Event{Seq: seq, Time: at, Type: events.TypeAgentState, Agent: core.AgentID(agent), Data: events.AgentState{State: st}}
+	}
+	if err := s.WriteBatch(ctx, []events.Event{
+		lease(1, "ann", 1, 5, "granted"),                                    // older epoch: not this run's business
+		lease(2, "ann", 1, 7, "granted"), lease(3, "ann", 1, 7, "accepted"), // open (accepted)
+		lease(4, "bob", 2, 7, "granted"), lease(5, "bob", 2, 7, "expired"), // ended
+		lease(6, "bob", 3, 7, "granted"), // open
+		state(7, "ann", "busy"), state(8, "bob", "ready"), state(9, "bob", "logged_out"), state(10, "cat", "not_ready"),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	open, err := s.OpenLeases(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(open) != 2 || open[0].Lease != 1 || open[0].Outcome != "accepted" || open[1].Lease != 3 || open[1].Agent != "bob" || open[1].Epoch != 7 {
+		t.Fatalf("open leases %+v", open)
+	}
+	agents, err := s.LoggedInAgents(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(agents) != "[ann cat]" {
+		t.Fatalf("logged in %v", agents)
+	}
+}

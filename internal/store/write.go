@@ -16,15 +16,15 @@ const (
 VALUES (?, ?, ?, ?, ?, ?, ?)`
 	// The WHERE keeps the newest state when batches are replayed out of order.
 	sqlUpsertInteraction = `INSERT INTO interactions(id, channel, queue, priority, state, previous, agent, reason,
-	created_at, enqueued_at, answered_at, ended_at, attributes, updated_seq)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	created_at, enqueued_at, answered_at, ended_at, attributes, updated_seq, idempotency_key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT(id) DO UPDATE SET
 	channel = excluded.channel, queue = excluded.queue, priority = excluded.priority,
 	state = excluded.state, previous = excluded.previous, agent = excluded.agent,
 	reason = excluded.reason, created_at = excluded.created_at,
 	enqueued_at = excluded.enqueued_at, answered_at = excluded.answered_at,
 	ended_at = excluded.ended_at, attributes = excluded.attributes,
-	updated_seq = excluded.updated_seq
+	updated_seq = excluded.updated_seq, idempotency_key = excluded.idempotency_key
 WHERE excluded.updated_seq > interactions.updated_seq`
 	sqlInsertAgentState = `INSERT OR IGNORE INTO agent_state_history(seq, agent, time, state, reason, cause, version, epoch, load)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
@@ -164,7 +164,7 @@ func (s *Store) projectInteraction(ctx context.Context, st *sql.Stmt, e *events.
 	_, err := st.ExecContext(ctx, string(id), string(it.Channel), nullStr(it.Queue), it.Priority,
 		it.State, nullStr(it.Previous), nullStr(it.Agent), nullStr(it.Reason),
 		fmtTime(it.CreatedAt), nullTime(it.EnqueuedAt), nullTime(it.AnsweredAt), nullTime(it.EndedAt),
-		attrs, int64(e.Seq))
+		attrs, int64(e.Seq), nullStr(it.IdempotencyKey))
 	return err
 }
 
