@@ -500,6 +500,9 @@ func (r *Router) routeLocked(wt *waiter, direction string) bool {
 			break
 		}
 		base := len(d.Candidates)
+		if d.Candidates == nil {
+			d.Candidates = make([]events.Candidate, 0, len(top))
+		}
 		for _, c := range top {
 			d.Candidates = append(d.Candidates, events.Candidate{Agent: c.v.id, Score: c.score, Result: "not_tried"})
 		}
@@ -572,11 +575,18 @@ func (r *Router) recordLocked(wt *waiter, start time.Time, d events.Decision) {
 	}
 }
 
+// feedBatch is how many events the feed applies per hold of the router's lock.
+const feedBatch = 32
+
 // ApplyAgentState updates the view of one agent from its owner's event and, if the
 // agent has free capacity, offers it the best waiting interaction.
 func (r *Router) ApplyAgentState(id core.AgentID, st events.AgentState) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.applyEventLocked(id, st)
+}
+
+func (r *Router) applyEventLocked(id core.AgentID, st events.AgentState) {
 	v, ok := r.agents[id]
 	if !ok {
 		return
@@ -726,7 +736,7 @@ func (r *Router) Run(ctx context.Context, after uint64) error {
 	defer t.Stop()
 	buf := make([]events.Event, 0, 512)
 	for {
-		evs, more, err := r.log.Read(after, 512, buf)
+		evs, more, err := r.log.Read(after, feedBatch, buf)
 		if errors.Is(err, events.ErrClosed) {
 			return nil
 		}
@@ -738,17 +748,22 @@ func (r *Router) Run(ctx context.Context, after uint64) error {
 			r.resync()
 			continue
 		}
-		for _, ev := range evs {
-			after = ev.Seq
-			if ev.Type == events.TypeAgentState {
-				if st, ok := ev.Data.(events.AgentState); ok {
-					r.ApplyAgentState(ev.Agent, st)
+		// Apply in small batches under one lock hold: fewer hand-offs of the lock
+		// with the routing path, each short enough not to delay it much.
+		for i := 0; i < len(evs); i += feedBatch {
+			batch := evs[i:min(i+feedBatch, len(evs))]
+			r.mu.Lock()
+			for _, ev := range batch {
+				if ev.Type == events.TypeAgentState {
+					if st, ok := ev.Data.(events.AgentState); ok {
+						r.applyEventLocked(ev.Agent, st)
+					}
 				}
 			}
+			after = batch[len(batch)-1].Seq
+			r.feedSeq = after
+			r.mu.Unlock()
 		}
-		r.mu.Lock()
-		r.feedSeq = after
-		r.mu.Unlock()
 		if len(evs) > 0 {
 			select {
 			case <-t.C: // a busy feed must not starve overflow and max wait
