@@ -33,7 +33,7 @@ var (
 	descOffered     = prometheus.NewDesc("ccmesh_queue_offered_total", "Interactions offered to agents.", []string{"queue"}, nil)
 	descAnswered    = prometheus.NewDesc("ccmesh_queue_answered_total", "Interactions answered.", []string{"queue"}, nil)
 	descAbandoned   = prometheus.NewDesc("ccmesh_queue_abandoned_total", "Interactions abandoned.", []string{"queue"}, nil)
-	descSL          = prometheus.NewDesc("ccmesh_queue_service_level_ratio", "Answered within threshold over answered plus abandoned after threshold.", []string{"queue"}, nil)
+	descSL          = prometheus.NewDesc("ccmesh_queue_service_level_ratio", "Answered within threshold over answered, abandoned after threshold and timed out.", []string{"queue"}, nil)
 	descAgents      = prometheus.NewDesc("ccmesh_agents", "Agents by state.", []string{"state"}, nil)
 	descSeq         = prometheus.NewDesc("ccmesh_events_last_seq", "Sequence number of the newest event.", nil, nil)
 	descDurable     = prometheus.NewDesc("ccmesh_events_durable_seq", "Sequence number of the newest event committed to storage.", nil, nil)

@@ -178,6 +178,14 @@ func (s *Service) Create(req CreateRequest) (events.Interaction, uint64, error) 
 		if errors.Is(err, router.ErrFull) {
 			err = fmt.Errorf("interaction: create: %w", ErrBusy)
 		}
+		// A refused create does not consume its idempotency key: the retry the
+		// client is told to make (503 + Retry-After) must create.
+		s.mu.Lock()
+		if ix.IdempotencyKey != "" {
+			delete(s.keys, ix.IdempotencyKey)
+			ix.IdempotencyKey = ""
+		}
+		s.mu.Unlock()
 		seq2, ferr := s.fail(ix.ID, "queue_refused: "+err.Error())
 		if ferr == nil {
 			seq = seq2
