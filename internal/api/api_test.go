@@ -1267,3 +1267,29 @@ func TestIdempotencyKey(t *testing.T) {
 		t.Fatalf("long key: %d", st)
 	}
 }
+
+func TestBusyDoesNotConsumeIdempotencyKey(t *testing.T) {
+	t.Parallel()
+	n := startNode(t, func(c *config.Config) { c.Routing.MaxWaiting = 1 })
+	first := n.create("sales") // nobody is ready: it waits and fills the node
+	post := func(key string) (int, http.Header, []byte) {
+		req, _ := http.NewRequest("POST", n.base+"/api/v1/interactions", strings.NewReader(`{"queue":"sales"}`))
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		req.Header.Set("Idempotency-Key", key)
+		resp, err := n.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		data, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, resp.Header, data
+	}
+	st, h, data := post("retry-me")
+	if st != http.StatusServiceUnavailable || h.Get("Retry-After") == "" || !strings.Contains(string(data), `"busy"`) {
+		t.Fatalf("over the waiting limit: %d %v %s", st, h, data)
+	}
+	n.call("POST", "/api/v1/interactions/"+first.ID+"/cancel", n.admin(), nil, http.StatusOK)
+	if st, _, data := post("retry-me"); st != http.StatusCreated {
+		t.Fatalf("retry with the same key after busy: %d %s", st, data)
+	}
+}
