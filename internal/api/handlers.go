@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -326,23 +327,17 @@ func (s *Server) getInteraction(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) interactionEvents(w http.ResponseWriter, r *http.Request) {
-	ix, ok := s.lookup(w, r)
-	if !ok {
-		return
-	}
-	if err := s.durable(r); err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	evs, err := s.p.Store.InteractionEvents(r.Context(), ix.ID)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"interaction": ix.ID, "events": nonNil(evs)})
+	s.interactionHistory(w, r, "events", s.p.Store.InteractionEvents)
 }
 
 func (s *Server) interactionDecisions(w http.ResponseWriter, r *http.Request) {
+	s.interactionHistory(w, r, "decisions", s.p.Store.Decisions)
+}
+
+// interactionHistory answers {"interaction": id, key: [...]} with the stored events
+// fetch returns, once everything the node did so far is durable.
+func (s *Server) interactionHistory(w http.ResponseWriter, r *http.Request, key string,
+	fetch func(context.Context, core.InteractionID) ([]events.Event, error)) {
 	ix, ok := s.lookup(w, r)
 	if !ok {
 		return
@@ -351,12 +346,12 @@ func (s *Server) interactionDecisions(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	evs, err := s.p.Store.Decisions(r.Context(), ix.ID)
+	evs, err := fetch(r.Context(), ix.ID)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"interaction": ix.ID, "decisions": nonNil(evs)})
+	writeJSON(w, http.StatusOK, map[string]any{"interaction": ix.ID, key: nonNil(evs)})
 }
 
 type agentAction func(core.InteractionID, core.AgentID) (uint64, error)

@@ -102,42 +102,38 @@ func (l *Log) Append(evs ...Event) (uint64, error) {
 // appended. Reading past the end returns no events. If after+1 has left the window,
 // Read returns ErrGap.
 func (l *Log) Read(after uint64, max int, dst []Event) ([]Event, <-chan struct{}, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	dst = dst[:0]
-	if l.closed {
-		return dst, nil, ErrClosed
-	}
-	l.handedOut = true
-	if after+1 < l.first {
-		return dst, l.appended, fmt.Errorf("read after %d (window starts at %d): %w", after, l.first, ErrGap)
-	}
-	capacity := uint64(len(l.ring))
-	for s := after + 1; s < l.next && len(dst) < max; s++ {
-		dst = append(dst, l.ring[s%capacity])
-	}
-	return dst, l.appended, nil
+	return l.read(after, max, dst, false)
 }
 
 // ReadDurable is Read limited to events the store has committed: what it returns
 // survives a crash, so its sequence numbers are never handed out again. The channel
 // is closed when more events become durable.
 func (l *Log) ReadDurable(after uint64, max int, dst []Event) ([]Event, <-chan struct{}, error) {
+	return l.read(after, max, dst, true)
+}
+
+func (l *Log) read(after uint64, max int, dst []Event, durableOnly bool) ([]Event, <-chan struct{}, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	dst = dst[:0]
 	if l.closed {
 		return dst, nil, ErrClosed
 	}
-	l.durableWaited = true
+	last, wake := l.next-1, l.appended
+	if durableOnly {
+		last, wake = l.durable, l.durableCh
+		l.durableWaited = true
+	} else {
+		l.handedOut = true
+	}
 	if after+1 < l.first {
-		return dst, l.durableCh, fmt.Errorf("read after %d (window starts at %d): %w", after, l.first, ErrGap)
+		return dst, wake, fmt.Errorf("read after %d (window starts at %d): %w", after, l.first, ErrGap)
 	}
 	capacity := uint64(len(l.ring))
-	for s := after + 1; s <= l.durable && len(dst) < max; s++ {
+	for s := after + 1; s <= last && len(dst) < max; s++ {
 		dst = append(dst, l.ring[s%capacity])
 	}
-	return dst, l.durableCh, nil
+	return dst, wake, nil
 }
 
 // LastSeq returns the seq of the newest event (0 if none ever).
