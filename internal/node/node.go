@@ -114,13 +114,9 @@ func (n *Node) Run(ctx context.Context) error {
 		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute,
 	}
 	srv.RegisterOnShutdown(stopHTTP)
-	g.Go(func() error {
-		if err := srv.Serve(n.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("node: http: %w", err)
-		}
-		return nil
-	})
 
+	// Recover before serving: the listener is bound, so early clients wait in its
+	// backlog instead of meeting a half-recovered node.
 	err := n.closePreviousRun(ctx)
 	var open []events.Interaction
 	if err == nil {
@@ -132,9 +128,16 @@ func (n *Node) Run(ctx context.Context) error {
 	if err != nil {
 		stopBG()
 		_ = g.Wait()
+		_ = n.ln.Close()
 		n.close()
 		return fmt.Errorf("node: recover interactions: %w", err)
 	}
+	g.Go(func() error {
+		if err := srv.Serve(n.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("node: http: %w", err)
+		}
+		return nil
+	})
 	if len(open) > 0 {
 		n.logger.Info("recovered interactions from the previous run", "count", len(open))
 	}
