@@ -15,6 +15,8 @@ type Config struct {
 	Node NodeConfig `yaml:"node" json:"node"`
 	// HTTP is the REST API, event stream, health and metrics listener.
 	HTTP HTTPConfig `yaml:"http" json:"http"`
+	// SIP is the SIP edge: listeners, digest authentication, registrations.
+	SIP SIPConfig `yaml:"sip" json:"sip"`
 	// Routing holds node-wide routing policy.
 	Routing RoutingConfig `yaml:"routing" json:"routing"`
 	// APITokens are bearer tokens for integrators, supervisors and admins.

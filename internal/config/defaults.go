@@ -46,6 +46,7 @@ func (a *Agent) CapacityFor(ch core.Channel) int {
 // fills each agent's capacity map with every channel, queue and agent names
 // with their ids, and an empty business-hours time zone with UTC.
 func ApplyDefaults(c *Config) {
+	applySIPDefaults(&c.SIP)
 	if c.Node.DrainTimeout == 0 {
 		c.Node.DrainTimeout = DefaultDrainTimeout
 	}
@@ -123,6 +124,7 @@ func Default() *Config {
 			DrainTimeout: Duration(30 * time.Second),
 		},
 		HTTP: HTTPConfig{Listen: "127.0.0.1:8080"},
+		SIP:  SIPConfig{ListenUDP: "127.0.0.1:5060", ListenTCP: "127.0.0.1:5060"},
 		Routing: RoutingConfig{
 			MissedOffer:        MissedOfferNotReady,
 			MaxWaiting:         100000,

@@ -93,6 +93,7 @@ func sortedKeys[K ~string, V any](m map[K]V) []K {
 func (c *Config) Validate() error {
 	var p problems
 	c.validateNode(&p)
+	c.validateSIP(&p)
 	c.validateTokens(&p)
 	dns := map[core.DN]string{} // DN → field path of its first holder
 	checkDN := func(field string, dn core.DN) {
