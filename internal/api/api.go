@@ -28,6 +28,7 @@ import (
 	"github.com/ccmesh/ccmesh/internal/events"
 	"github.com/ccmesh/ccmesh/internal/interaction"
 	"github.com/ccmesh/ccmesh/internal/router"
+	"github.com/ccmesh/ccmesh/internal/sip"
 	"github.com/ccmesh/ccmesh/internal/store"
 )
 
@@ -37,8 +38,16 @@ var openAPI []byte
 // maxBody bounds request bodies.
 const maxBody = 1 << 20
 
+// Registrations is the registrar's read side. Safe for concurrent use.
+type Registrations interface {
+	Bindings(core.AgentID) []sip.Binding
+	All() map[core.AgentID][]sip.Binding
+}
+
 // Params are the API's dependencies.
 type Params struct {
+	// Registrations is nil when the node runs without SIP.
+	Registrations Registrations
 	Node         core.NodeID
 	Tokens       []config.APIToken
 	Agents       *agent.Manager
@@ -86,6 +95,7 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /api/v1/agents/{id}/login", s.auth(selfOrSupervisor, s.login))
 	m.HandleFunc("POST /api/v1/agents/{id}/logout", s.auth(selfOrSupervisor, s.logout))
 	m.HandleFunc("POST /api/v1/agents/{id}/state", s.auth(selfOrSupervisor, s.setState))
+	m.HandleFunc("GET /api/v1/registrations", s.auth(staff, s.listRegistrations))
 	m.HandleFunc("GET /api/v1/queues", s.auth(anyone, s.listQueues))
 	m.HandleFunc("GET /api/v1/queues/{id}", s.auth(anyone, s.getQueue))
 	m.HandleFunc("POST /api/v1/interactions", s.auth(tokens, s.createInteraction))

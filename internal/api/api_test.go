@@ -77,6 +77,7 @@ func startNode(t *testing.T, mutate func(*config.Config)) *testNode {
 	t.Helper()
 	cfg := config.Default()
 	cfg.HTTP.Listen = "127.0.0.1:0"
+	cfg.SIP.ListenUDP, cfg.SIP.ListenTCP = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Node.DataDir = t.TempDir()
 	cfg.Node.DrainTimeout = config.Duration(500 * time.Millisecond)
 	for i := range cfg.Queues {

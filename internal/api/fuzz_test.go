@@ -27,6 +27,7 @@ func FuzzRequestBodies(f *testing.F) {
 	}
 	cfg := config.Default()
 	cfg.HTTP.Listen = "127.0.0.1:0"
+	cfg.SIP.ListenUDP, cfg.SIP.ListenTCP = "", "" // not under test here
 	cfg.Node.DataDir = f.TempDir()
 	cfg.Node.DrainTimeout = config.Duration(200 * time.Millisecond)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -12,13 +12,16 @@ import (
 	"github.com/ccmesh/ccmesh/internal/core"
 	"github.com/ccmesh/ccmesh/internal/events"
 	"github.com/ccmesh/ccmesh/internal/interaction"
+	"github.com/ccmesh/ccmesh/internal/sip"
 	"github.com/ccmesh/ccmesh/internal/store"
 )
 
-// agentBody is an agent as the API shows it: its owner-side view plus what it holds.
+// agentBody is an agent as the API shows it: its owner-side view plus what it
+// holds and where its phones are registered.
 type agentBody struct {
 	agent.View
-	Interactions []events.Interaction `json:"interactions"`
+	Interactions  []events.Interaction `json:"interactions"`
+	Registrations []sip.Binding        `json:"registrations"`
 }
 
 func (s *Server) agentBody(v agent.View) agentBody {
@@ -26,7 +29,19 @@ func (s *Server) agentBody(v agent.View) agentBody {
 	if held == nil {
 		held = []events.Interaction{}
 	}
-	return agentBody{View: v, Interactions: held}
+	regs := []sip.Binding{}
+	if s.p.Registrations != nil {
+		regs = s.p.Registrations.Bindings(v.ID)
+	}
+	return agentBody{View: v, Interactions: held, Registrations: regs}
+}
+
+func (s *Server) listRegistrations(w http.ResponseWriter, _ *http.Request) {
+	all := map[core.AgentID][]sip.Binding{}
+	if s.p.Registrations != nil {
+		all = s.p.Registrations.All()
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"registrations": all})
 }
 
 func (s *Server) listAgents(w http.ResponseWriter, _ *http.Request) {

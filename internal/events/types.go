@@ -28,6 +28,8 @@ const (
 	TypeDecision Type = "routing.decision"
 	// TypeNode is a node lifecycle event (started, draining, stopped); Data is Node.
 	TypeNode Type = "node"
+	// TypeRegistration is a change of an agent's SIP registration; Data is Registration.
+	TypeRegistration Type = "sip.registration"
 )
 
 // Event is one entry of the log. Data is one of the payload types of this package and
@@ -171,6 +173,18 @@ type Decision struct {
 	WaitMillis int64 `json:"wait_ms"`
 	// DecisionMicros is how long the decision and reservation took.
 	DecisionMicros int64 `json:"decision_us"`
+}
+
+// Registration is the payload of TypeRegistration: one contact of an agent's phone.
+type Registration struct {
+	// Action is registered, refreshed, unregistered or expired.
+	Action  string `json:"action"`
+	Contact string `json:"contact"`
+	// ExpiresSeconds is the granted lifetime (0 when removed).
+	ExpiresSeconds int64  `json:"expires_s"`
+	Transport      string `json:"transport,omitempty"`
+	Source         string `json:"source,omitempty"`
+	UserAgent      string `json:"user_agent,omitempty"`
 }
 
 // Node is the payload of TypeNode.

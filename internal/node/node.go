@@ -20,7 +20,9 @@ import (
 	"github.com/ccmesh/ccmesh/internal/config"
 	"github.com/ccmesh/ccmesh/internal/events"
 	"github.com/ccmesh/ccmesh/internal/interaction"
+	"github.com/ccmesh/ccmesh/internal/core"
 	"github.com/ccmesh/ccmesh/internal/router"
+	"github.com/ccmesh/ccmesh/internal/sip"
 	"github.com/ccmesh/ccmesh/internal/store"
 )
 
@@ -38,6 +40,7 @@ type Node struct {
 	router *router.Router
 	ix     *interaction.Service
 	api    *api.Server
+	sip    *sip.Server // nil when no SIP listener is configured
 	ln     net.Listener
 	ready  atomic.Bool
 	start  uint64 // last seq persisted before this run
@@ -80,7 +83,17 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 	}
 	n.ix.Wire(n.agents, n.router)
 	n.agents.SetObserver(n.ix)
+	var regs api.Registrations
+	if cfg.SIP.Enabled() {
+		n.sip, err = sip.New(sip.Params{Config: cfg.SIP, Directory: newDirectory(cfg.Agents), Log: n.log, Clock: clk, Logger: n.logger.With("component", "sip")})
+		if err != nil {
+			st.Close()
+			return nil, fmt.Errorf("node: %w", err)
+		}
+		regs = n.sip.Registrar()
+	}
 	n.api = api.New(api.Params{
+		Registrations: regs,
 		Node: cfg.Node.ID, Tokens: cfg.APITokens, Agents: n.agents, Interactions: n.ix, Router: n.router,
 		Store: st, Log: n.log, Logger: n.logger.With("component", "api"), Ready: n.ready.Load,
 	})
@@ -90,6 +103,39 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 		return nil, fmt.Errorf("node: listen http %s: %w", cfg.HTTP.Listen, err)
 	}
 	return n, nil
+}
+
+// SIPAddrs returns the bound SIP UDP and TCP addresses ("" when off).
+func (n *Node) SIPAddrs() (udp, tcp string) {
+	if n.sip == nil {
+		return "", ""
+	}
+	return n.sip.Addrs()
+}
+
+// directory resolves agents by id or DN for the SIP registrar.
+type directory map[string]struct {
+	id       core.AgentID
+	password string
+}
+
+func newDirectory(agents []config.Agent) directory {
+	d := directory{}
+	for _, a := range agents {
+		e := struct {
+			id       core.AgentID
+			password string
+		}{a.ID, a.Password}
+		d[string(a.ID)] = e
+		d[string(a.DN)] = e
+	}
+	return d
+}
+
+// Lookup implements sip.Directory; the map is never written after start.
+func (d directory) Lookup(user string) (core.AgentID, string, bool) {
+	e, ok := d[user]
+	return e.id, e.password, ok
 }
 
 // HTTPAddr is the address the API listens on (useful with port 0).
@@ -105,6 +151,9 @@ func (n *Node) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(bg)
 	g.Go(func() error { return n.store.RunWriter(gctx, n.log) })
 	g.Go(func() error { return n.router.Run(gctx, n.start) })
+	if n.sip != nil {
+		g.Go(func() error { return n.sip.Run(gctx) })
+	}
 	// Requests (event streams above all) end when shutdown starts, not after it.
 	hctx, stopHTTP := context.WithCancel(gctx)
 	defer stopHTTP()
@@ -143,7 +192,8 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	_, _ = n.log.Append(events.Event{Time: time.Now().UTC(), Type: events.TypeNode, Data: events.Node{Node: n.cfg.Node.ID, State: "started"}})
 	n.ready.Store(true)
-	n.logger.Info("ready", "http", "http://"+n.HTTPAddr(), "data", n.store.Path(), "agents", len(n.cfg.Agents), "queues", len(n.cfg.Queues))
+	udp, tcp := n.SIPAddrs()
+	n.logger.Info("ready", "http", "http://"+n.HTTPAddr(), "sip_udp", udp, "sip_tcp", tcp, "data", n.store.Path(), "agents", len(n.cfg.Agents), "queues", len(n.cfg.Queues))
 
 	var runErr error
 	select {

@@ -109,6 +109,8 @@ func writeConfig(t *testing.T, o configOpts) string {
 	s := string(src)
 	for _, r := range []struct{ old, new string }{
 		{"listen: 127.0.0.1:8080", "listen: 127.0.0.1:0"},
+		{"listen_udp: 127.0.0.1:5060", "listen_udp: 127.0.0.1:0"},
+		{"listen_tcp: 127.0.0.1:5060", "listen_tcp: 127.0.0.1:0"},
 		{"data_dir: ./ccmesh-data", "data_dir: " + jsonString(o.dataDir)},
 		{"drain_timeout: 30s", "drain_timeout: " + o.drainTimeout},
 		{"wrap_up: 10s", "wrap_up: " + o.wrapUp},
