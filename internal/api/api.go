@@ -48,14 +48,14 @@ type Registrations interface {
 type Params struct {
 	// Registrations is nil when the node runs without SIP.
 	Registrations Registrations
-	Node         core.NodeID
-	Tokens       []config.APIToken
-	Agents       *agent.Manager
-	Interactions *interaction.Service
-	Router       *router.Router
-	Store        *store.Store
-	Log          *events.Log
-	Logger       *slog.Logger
+	Node          core.NodeID
+	Tokens        []config.APIToken
+	Agents        *agent.Manager
+	Interactions  *interaction.Service
+	Router        *router.Router
+	Store         *store.Store
+	Log           *events.Log
+	Logger        *slog.Logger
 	// Ready reports whether the node takes traffic (started, not draining).
 	Ready func() bool
 }

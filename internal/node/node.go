@@ -18,9 +18,9 @@ import (
 	"github.com/ccmesh/ccmesh/internal/api"
 	"github.com/ccmesh/ccmesh/internal/clock"
 	"github.com/ccmesh/ccmesh/internal/config"
+	"github.com/ccmesh/ccmesh/internal/core"
 	"github.com/ccmesh/ccmesh/internal/events"
 	"github.com/ccmesh/ccmesh/internal/interaction"
-	"github.com/ccmesh/ccmesh/internal/core"
 	"github.com/ccmesh/ccmesh/internal/router"
 	"github.com/ccmesh/ccmesh/internal/sip"
 	"github.com/ccmesh/ccmesh/internal/store"
@@ -94,7 +94,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 	}
 	n.api = api.New(api.Params{
 		Registrations: regs,
-		Node: cfg.Node.ID, Tokens: cfg.APITokens, Agents: n.agents, Interactions: n.ix, Router: n.router,
+		Node:          cfg.Node.ID, Tokens: cfg.APITokens, Agents: n.agents, Interactions: n.ix, Router: n.router,
 		Store: st, Log: n.log, Logger: n.logger.With("component", "api"), Ready: n.ready.Load,
 	})
 	n.ln, err = net.Listen("tcp", cfg.HTTP.Listen)

@@ -23,11 +23,11 @@ import (
 
 // Throttling of failed authentication, per source IP.
 const (
-	maxFailures   = 10               // failures allowed per window
-	failureWindow = time.Minute      // the window
-	blockFor      = 5 * time.Minute  // how long a source is refused past the limit
-	sweepEvery    = time.Second      // expiry sweep of bindings, nonces, failures
-	maxSources    = 100000           // bound on tracked sources
+	maxFailures   = 10              // failures allowed per window
+	failureWindow = time.Minute     // the window
+	blockFor      = 5 * time.Minute // how long a source is refused past the limit
+	sweepEvery    = time.Second     // expiry sweep of bindings, nonces, failures
+	maxSources    = 100000          // bound on tracked sources
 )
 
 // Directory resolves the user part of an address of record or a digest username —
