@@ -14,9 +14,9 @@ if [ "${minor:-0}" -lt "$need_go_minor" ]; then
 	exit 1
 fi
 
-# Debian packages the test suite drives (real peers, no mocks). Empty until the
-# SIP/XMPP/web issues land; each entry is "command:package".
-apt_needs=()
+# Debian packages the test suite drives (real peers, no mocks); more as the
+# XMPP/web issues land; each entry is "command:package".
+apt_needs=("sipp:sip-tester")
 missing=()
 for entry in "${apt_needs[@]}"; do
 	cmd=${entry%%:*}

@@ -87,6 +87,9 @@ type configOpts struct {
 	drainTimeout string // default 30s
 	wrapUp       string // default 1s
 	offerTimeout string // default 20s
+	// md5First offers MD5 before SHA-256 (sipp 3.6 only speaks MD5 and answers
+	// the first challenge).
+	md5First bool
 }
 
 // writeConfig writes examples/single-node.yaml with port 0, the data dir and the
@@ -115,6 +118,7 @@ func writeConfig(t *testing.T, o configOpts) string {
 		{"drain_timeout: 30s", "drain_timeout: " + o.drainTimeout},
 		{"wrap_up: 10s", "wrap_up: " + o.wrapUp},
 		{"offer_timeout: 20s", "offer_timeout: " + o.offerTimeout},
+		{"digest_algorithms: [SHA-256, MD5]", map[bool]string{false: "digest_algorithms: [SHA-256, MD5]", true: "digest_algorithms: [MD5, SHA-256]"}[o.md5First]},
 	} {
 		if !strings.Contains(s, r.old) {
 			t.Fatalf("examples/single-node.yaml no longer contains %q; update the e2e tests", r.old)
@@ -138,6 +142,8 @@ type proc struct {
 	t    *testing.T
 	cmd  *exec.Cmd
 	base string // http://127.0.0.1:PORT, from the "ready" log line
+	// sipUDP and sipTCP are the SIP listeners' host:port from the same line.
+	sipUDP, sipTCP string
 	done chan struct{}
 
 	// mu guards lines.
@@ -145,7 +151,10 @@ type proc struct {
 	lines []string
 }
 
-var readyRE = regexp.MustCompile(`msg=ready .*\bhttp=(http://[0-9.]+:[0-9]+)`)
+var (
+	readyRE = regexp.MustCompile(`msg=ready .*\bhttp=(http://[0-9.]+:[0-9]+)`)
+	sipRE   = regexp.MustCompile(`\bsip_udp=([0-9.]+:[0-9]+) sip_tcp=([0-9.]+:[0-9]+)`)
+)
 
 // serve starts `ccmesh serve --config cfg` and waits for its "ready" log line.
 func serve(t *testing.T, cfg string) *proc {
@@ -193,6 +202,9 @@ func serve(t *testing.T, cfg string) *proc {
 		t.Fatalf("ready line without http address: %q", line)
 	}
 	p.base = m[1]
+	if m := sipRE.FindStringSubmatch(line); m != nil {
+		p.sipUDP, p.sipTCP = m[1], m[2]
+	}
 	return p
 }
 
