@@ -144,7 +144,7 @@ type proc struct {
 	base string // http://127.0.0.1:PORT, from the "ready" log line
 	// sipUDP and sipTCP are the SIP listeners' host:port from the same line.
 	sipUDP, sipTCP string
-	done chan struct{}
+	done           chan struct{}
 
 	// mu guards lines.
 	mu    sync.Mutex
