@@ -16,7 +16,7 @@ fi
 
 # Debian packages the test suite drives (real peers, no mocks); more as the
 # XMPP/web issues land; each entry is "command:package".
-apt_needs=("sipp:sip-tester")
+apt_needs=("sipp:sip-tester" "baresip:baresip")
 missing=()
 for entry in "${apt_needs[@]}"; do
 	cmd=${entry%%:*}

@@ -87,9 +87,10 @@ type configOpts struct {
 	drainTimeout string // default 30s
 	wrapUp       string // default 1s
 	offerTimeout string // default 20s
-	// md5First offers MD5 before SHA-256 (sipp 3.6 only speaks MD5 and answers
-	// the first challenge).
-	md5First bool
+	// digest overrides sip.digest_algorithms, e.g. "[MD5, SHA-256]" for sipp 3.6
+	// (MD5 only, answers the first challenge) or "[MD5]" for baresip 1.0 (whose
+	// libre gives up on any challenge it cannot compute).
+	digest string
 }
 
 // writeConfig writes examples/single-node.yaml with port 0, the data dir and the
@@ -118,7 +119,7 @@ func writeConfig(t *testing.T, o configOpts) string {
 		{"drain_timeout: 30s", "drain_timeout: " + o.drainTimeout},
 		{"wrap_up: 10s", "wrap_up: " + o.wrapUp},
 		{"offer_timeout: 20s", "offer_timeout: " + o.offerTimeout},
-		{"digest_algorithms: [SHA-256, MD5]", map[bool]string{false: "digest_algorithms: [SHA-256, MD5]", true: "digest_algorithms: [MD5, SHA-256]"}[o.md5First]},
+		{"digest_algorithms: [SHA-256, MD5]", "digest_algorithms: " + map[bool]string{true: "[SHA-256, MD5]", false: o.digest}[o.digest == ""]},
 	} {
 		if !strings.Contains(s, r.old) {
 			t.Fatalf("examples/single-node.yaml no longer contains %q; update the e2e tests", r.old)

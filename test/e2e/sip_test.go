@@ -54,7 +54,7 @@ type registrationsBody struct {
 
 func TestSippRegistersAgentsThroughTheBinary(t *testing.T) {
 	t.Parallel()
-	p := serve(t, writeConfig(t, configOpts{dataDir: t.TempDir(), md5First: true}))
+	p := serve(t, writeConfig(t, configOpts{dataDir: t.TempDir(), digest: "[MD5, SHA-256]"}))
 	if p.sipUDP == "" || p.sipTCP == "" {
 		t.Fatalf("no SIP listeners in the ready line")
 	}
@@ -89,4 +89,57 @@ func TestSippRegistersAgentsThroughTheBinary(t *testing.T) {
 	if len(regs.Registrations["ann"]) != 0 || len(regs.Registrations["carla"]) != 0 || len(regs.Registrations["bob"]) != 1 {
 		t.Fatalf("after unregister: %+v", regs.Registrations)
 	}
+}
+
+// A real softphone: baresip registers as ann, shows up in the API, and removes its
+// registration when it quits.
+func TestBaresipRegistersAndUnregisters(t *testing.T) {
+	t.Parallel()
+	bin, err := exec.LookPath("baresip")
+	if err != nil {
+		t.Fatalf("baresip is required (Debian package baresip; `make test` installs it): %v", err)
+	}
+	p := serve(t, writeConfig(t, configOpts{dataDir: t.TempDir(), digest: "[MD5]"}))
+	c := newClient(t, p.base)
+	conf := t.TempDir()
+	// baresip must bind a 127.0.0.x address of its own (see FIELD-NOTES).
+	cfg := "poll_method epoll\nsip_listen 127.0.0.3:0\nnet_interface 127.0.0.3\n" +
+		"audio_player aufile,/dev/null\naudio_source aufile,/dev/null\n" +
+		"module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\nmodule_app account.so\n"
+	if err := os.WriteFile(filepath.Join(conf, "config"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	account := fmt.Sprintf("<sip:ann@%s>;auth_pass=ann-pass;regint=120\n", p.sipUDP)
+	if err := os.WriteFile(filepath.Join(conf, "accounts"), []byte(account), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "-4", "-f", conf, "-t", "5")
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	registered := func() bool {
+		regs := decode[registrationsBody](t, c.call("GET", "/api/v1/registrations", supervisor(), "", 200))
+		for _, b := range regs.Registrations["ann"] {
+			if strings.Contains(b.UserAgent, "baresip") {
+				return true
+			}
+		}
+		return false
+	}
+	eventually(t, 5*time.Second, "baresip registered as ann", registered)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("baresip: %v\n%s", err, out.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("baresip did not quit after -t 5\n%s", out.String())
+	}
+	eventually(t, 5*time.Second, "baresip unregistered on exit", func() bool { return !registered() })
 }
