@@ -4,6 +4,7 @@
 package sip
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -43,6 +44,7 @@ type Server struct {
 	udp    net.PacketConn
 	tcp    net.Listener
 	reg    *Registrar
+	parser *sip.Parser
 	logger *slog.Logger
 }
 
@@ -60,15 +62,6 @@ func New(p Params) (*Server, error) {
 			break
 		}
 	}
-	if s.ua, err = sipgo.NewUA(sipgo.WithUserAgent("ccmesh"), sipgo.WithUserAgentHostname(host)); err != nil {
-		return nil, fmt.Errorf("sip: user agent: %w", err)
-	}
-	if s.srv, err = sipgo.NewServer(s.ua, sipgo.WithServerLogger(p.Logger)); err != nil {
-		return nil, fmt.Errorf("sip: server: %w", err)
-	}
-	s.srv.OnRegister(s.reg.HandleRegister)
-	s.srv.OnOptions(s.options)
-	s.srv.OnNoRoute(s.notAllowed)
 	if p.Config.ListenUDP != "" {
 		pc, err := net.ListenPacket("udp", p.Config.ListenUDP)
 		if err != nil {
@@ -89,7 +82,39 @@ func New(p Params) (*Server, error) {
 		}
 		s.tcp = ln
 	}
+	s.parser = sip.NewParser()
+	if s.ua, err = sipgo.NewUA(sipgo.WithUserAgent("ccmesh"), sipgo.WithUserAgentHostname(host),
+		sipgo.WithUserAgentTransportLayerOptions(sip.WithTransportLayerReadFilter(s.filter))); err != nil {
+		s.closeListeners()
+		return nil, fmt.Errorf("sip: user agent: %w", err)
+	}
+	if s.srv, err = sipgo.NewServer(s.ua, sipgo.WithServerLogger(p.Logger)); err != nil {
+		s.closeListeners()
+		return nil, fmt.Errorf("sip: server: %w", err)
+	}
+	s.srv.OnRegister(s.reg.HandleRegister)
+	s.srv.OnOptions(s.options)
+	s.srv.OnNoRoute(s.notAllowed)
 	return s, nil
+}
+
+// filter sees every UDP datagram before sipgo parses it: sipgo drops what it cannot
+// parse without a word, so a malformed request is answered 400 here (RFC 3261
+// §21.4.1) and dropped. TCP is a stream: there sipgo's framing decides.
+func (s *Server) filter(info sip.TransportReadProps, data []byte) ([]byte, error) {
+	if info.Transport != "UDP" || s.udp == nil || len(bytes.Trim(data, "\r\n\x00")) == 0 {
+		return data, nil
+	}
+	if _, err := s.parser.ParseSIP(data); err == nil {
+		return data, nil
+	}
+	if res := badRequest(data); res != nil {
+		if _, err := s.udp.WriteTo(res, info.RemoteAddr); err != nil {
+			s.logger.Warn("sip: answer malformed request", "source", info.RemoteAddr, "err", err)
+		}
+	}
+	s.logger.Debug("sip: malformed datagram dropped", "source", info.RemoteAddr, "bytes", len(data))
+	return nil, nil
 }
 
 // Registrar returns the registrar (for the API's view of registrations).
