@@ -96,7 +96,8 @@ type Agent struct {
 	Name string `yaml:"name" json:"name"`
 	// DN is the agent's directory number (digits, 2..15), unique across agents and queues.
 	DN core.DN `yaml:"dn" json:"dn"`
-	// Password is the agent's credential for the API (and SIP digest later).
+	// Password is the agent's credential for the API and for SIP digest
+	// authentication of its phones.
 	Password string `yaml:"password" json:"-"`
 	// Skills maps skill name to level 0..10.
 	Skills map[core.SkillName]int `yaml:"skills" json:"skills"`

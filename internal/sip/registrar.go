@@ -344,7 +344,8 @@ func (r *Registrar) register(req *sip.Request, tx sip.ServerTransaction, id core
 		reply(tx, req, 500, "Server Internal Error")
 		return
 	}
-	res.AppendHeader(sip.NewHeader("Date", now.UTC().Format(time.RFC1123)))
+	// RFC 3261 §20.17: an RFC 1123 date in GMT.
+	res.AppendHeader(sip.NewHeader("Date", now.UTC().Format("Mon, 02 Jan 2006 15:04:05 GMT")))
 	_ = tx.Respond(res)
 }
 

@@ -22,7 +22,7 @@ import (
 )
 
 // udpReadBuffer is the socket receive buffer: the default overflows near 4,000
-// calls/s (see FIELD-NOTES).
+// calls/s (measured; see shared/FIELD-NOTES.md beside the repository).
 const udpReadBuffer = 8 << 20
 
 // allowed lists the methods the node answers, for Allow headers.

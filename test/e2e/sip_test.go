@@ -102,7 +102,7 @@ func TestBaresipRegistersAndUnregisters(t *testing.T) {
 	p := serve(t, writeConfig(t, configOpts{dataDir: t.TempDir(), digest: "[MD5]"}))
 	c := newClient(t, p.base)
 	conf := t.TempDir()
-	// baresip must bind a 127.0.0.x address of its own (see FIELD-NOTES).
+	// baresip must bind a 127.0.0.x address of its own: by interface name "lo" it fails.
 	cfg := "poll_method epoll\nsip_listen 127.0.0.3:0\nnet_interface 127.0.0.3\n" +
 		"audio_player aufile,/dev/null\naudio_source aufile,/dev/null\n" +
 		"module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\nmodule_app account.so\n"
