@@ -170,6 +170,11 @@ func (s *Service) Create(req CreateRequest) (events.Interaction, uint64, error) 
 		ix.EnqueuedAt, ix.enqueued = now.UTC(), now
 		seq, err = s.moveLocked(ix, StateQueued, "")
 	}
+	if err != nil {
+		// Not recorded (the log is closing): forget it entirely.
+		delete(s.live, ix.ID)
+		delete(s.keys, req.IdempotencyKey)
+	}
 	s.mu.Unlock()
 	if err != nil {
 		return events.Interaction{}, 0, err
