@@ -42,6 +42,7 @@ const maxBody = 1 << 20
 type Registrations interface {
 	Bindings(core.AgentID) []sip.Binding
 	All() map[core.AgentID][]sip.Binding
+	Stats() sip.RegistrarStats
 }
 
 // Params are the API's dependencies.

@@ -38,10 +38,14 @@ var (
 	descSeq         = prometheus.NewDesc("ccmesh_events_last_seq", "Sequence number of the newest event.", nil, nil)
 	descDurable     = prometheus.NewDesc("ccmesh_events_durable_seq", "Sequence number of the newest event committed to storage.", nil, nil)
 	descLiveInterax = prometheus.NewDesc("ccmesh_interactions_live", "Interactions not yet ended.", nil, nil)
+	descBindings    = prometheus.NewDesc("ccmesh_sip_registrations", "Registered contacts of agents' phones.", nil, nil)
+	descChallenges  = prometheus.NewDesc("ccmesh_sip_auth_challenges_total", "Digest challenges sent (401).", nil, nil)
+	descAuthFail    = prometheus.NewDesc("ccmesh_sip_auth_failures_total", "REGISTER requests with wrong credentials or replayed nonces.", nil, nil)
+	descBlocked     = prometheus.NewDesc("ccmesh_sip_blocked_requests_total", "REGISTER requests refused because their source failed authentication too often.", nil, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descWaiting, descLongest, descReady, descOffered, descAnswered, descAbandoned, descSL, descAgents, descSeq, descDurable, descLiveInterax} {
+	for _, d := range []*prometheus.Desc{descWaiting, descLongest, descReady, descOffered, descAnswered, descAbandoned, descSL, descAgents, descSeq, descDurable, descLiveInterax, descBindings, descChallenges, descAuthFail, descBlocked} {
 		ch <- d
 	}
 }
@@ -69,4 +73,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descSeq, prometheus.GaugeValue, float64(c.s.p.Log.LastSeq()))
 	ch <- prometheus.MustNewConstMetric(descDurable, prometheus.GaugeValue, float64(c.s.p.Log.DurableSeq()))
 	ch <- prometheus.MustNewConstMetric(descLiveInterax, prometheus.GaugeValue, float64(c.s.p.Interactions.Live()))
+	if r := c.s.p.Registrations; r != nil {
+		st := r.Stats()
+		ch <- prometheus.MustNewConstMetric(descBindings, prometheus.GaugeValue, float64(st.Bindings))
+		ch <- prometheus.MustNewConstMetric(descChallenges, prometheus.CounterValue, float64(st.Challenges))
+		ch <- prometheus.MustNewConstMetric(descAuthFail, prometheus.CounterValue, float64(st.AuthFailures))
+		ch <- prometheus.MustNewConstMetric(descBlocked, prometheus.CounterValue, float64(st.BlockedRequests))
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo/sip"
@@ -66,6 +67,9 @@ type Registrar struct {
 	clock  clock.Clock
 	logger *slog.Logger
 
+	// Counters for /metrics.
+	authFailures, blockedRequests, challenges atomic.Uint64
+
 	// mu guards bindings and failures.
 	mu       sync.Mutex
 	bindings map[core.AgentID][]*Binding
@@ -96,7 +100,27 @@ func reply(tx sip.ServerTransaction, req *sip.Request, code int, reason string, 
 	_ = tx.Respond(res)
 }
 
+// RegistrarStats are the registrar's counters since start and its current bindings.
+type RegistrarStats struct {
+	Bindings        int
+	Challenges      uint64
+	AuthFailures    uint64
+	BlockedRequests uint64
+}
+
+// Stats returns the counters.
+func (r *Registrar) Stats() RegistrarStats {
+	r.mu.Lock()
+	n := 0
+	for _, bs := range r.bindings {
+		n += len(bs)
+	}
+	r.mu.Unlock()
+	return RegistrarStats{Bindings: n, Challenges: r.challenges.Load(), AuthFailures: r.authFailures.Load(), BlockedRequests: r.blockedRequests.Load()}
+}
+
 func (r *Registrar) challenge(tx sip.ServerTransaction, req *sip.Request, stale bool) {
+	r.challenges.Add(1)
 	res := sip.NewResponseFromRequest(req, 401, "Unauthorized", nil)
 	for _, a := range r.algs {
 		res.AppendHeader(sip.NewHeader("WWW-Authenticate", digest.Challenge{
@@ -123,6 +147,7 @@ func (r *Registrar) blocked(src string, now time.Time) bool {
 }
 
 func (r *Registrar) fail(src string, now time.Time) {
+	r.authFailures.Add(1)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	f, ok := r.failures[src]
@@ -148,6 +173,7 @@ func (r *Registrar) HandleRegister(req *sip.Request, tx sip.ServerTransaction) {
 	now := r.clock.Now()
 	src := sourceIP(req)
 	if r.blocked(src, now) {
+		r.blockedRequests.Add(1)
 		reply(tx, req, 403, "Forbidden (too many failed authentications)", sip.NewHeader("Retry-After", strconv.Itoa(int(blockFor.Seconds()))))
 		return
 	}

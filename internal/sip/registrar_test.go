@@ -320,6 +320,9 @@ func TestThrottleAndHygiene(t *testing.T) {
 	if res.StatusCode != 403 || res.GetHeader("Retry-After") == nil {
 		t.Fatalf("blocked source: %d %s", res.StatusCode, res.Reason)
 	}
+	if st := h.srv.Registrar().Stats(); st.AuthFailures != maxFailures || st.BlockedRequests != 1 || st.Challenges != maxFailures {
+		t.Fatalf("stats %+v", st)
+	}
 	h.clk.Advance(blockFor + failureWindow + time.Second)
 	h.srv.Registrar().Sweep()
 	if res := h.register(h.req("ann", "c1", 300, "<sip:ann@127.0.0.1:5555>"), digest.MD5, "ann", "ann-pass"); res.StatusCode != 200 {
