@@ -1222,23 +1222,7 @@ func TestHealthMetricsOpenAPI(t *testing.T) {
 func TestIdempotencyKey(t *testing.T) {
 	t.Parallel()
 	n := startNode(t, nil)
-	post := func(body, key string) (int, http.Header, []byte) {
-		req, err := http.NewRequest("POST", n.base+"/api/v1/interactions", strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer "+adminToken)
-		if key != "" {
-			req.Header.Set("Idempotency-Key", key)
-		}
-		resp, err := n.client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		data, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, resp.Header, data
-	}
+	post := func(body, key string) (int, http.Header, []byte) { return n.createWithKey(body, key) }
 	st, _, data := post(`{"queue":"sales"}`, "order-42")
 	if st != http.StatusCreated {
 		t.Fatalf("first create: %d %s", st, data)
@@ -1273,18 +1257,7 @@ func TestBusyDoesNotConsumeIdempotencyKey(t *testing.T) {
 	t.Parallel()
 	n := startNode(t, func(c *config.Config) { c.Routing.MaxWaiting = 1 })
 	first := n.create("sales") // nobody is ready: it waits and fills the node
-	post := func(key string) (int, http.Header, []byte) {
-		req, _ := http.NewRequest("POST", n.base+"/api/v1/interactions", strings.NewReader(`{"queue":"sales"}`))
-		req.Header.Set("Authorization", "Bearer "+adminToken)
-		req.Header.Set("Idempotency-Key", key)
-		resp, err := n.client.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		data, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, resp.Header, data
-	}
+	post := func(key string) (int, http.Header, []byte) { return n.createWithKey(`{"queue":"sales"}`, key) }
 	st, h, data := post("retry-me")
 	if st != http.StatusServiceUnavailable || h.Get("Retry-After") == "" || !strings.Contains(string(data), `"busy"`) {
 		t.Fatalf("over the waiting limit: %d %v %s", st, h, data)
@@ -1293,4 +1266,24 @@ func TestBusyDoesNotConsumeIdempotencyKey(t *testing.T) {
 	if st, _, data := post("retry-me"); st != http.StatusCreated {
 		t.Fatalf("retry with the same key after busy: %d %s", st, data)
 	}
+}
+
+// createWithKey posts body to /interactions as admin with an Idempotency-Key ("" for none).
+func (n *testNode) createWithKey(body, key string) (int, http.Header, []byte) {
+	n.t.Helper()
+	req, err := http.NewRequest("POST", n.base+"/api/v1/interactions", strings.NewReader(body))
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	if key != "" {
+		req.Header.Set("Idempotency-Key", key)
+	}
+	resp, err := n.client.Do(req)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, resp.Header, data
 }
