@@ -99,6 +99,9 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 	})
 	n.ln, err = net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
+		if n.sip != nil {
+			n.sip.Close()
+		}
 		st.Close()
 		return nil, fmt.Errorf("node: listen http %s: %w", cfg.HTTP.Listen, err)
 	}

@@ -152,6 +152,9 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
+// Close releases the listeners of a server that will not Run (start-up failed).
+func (s *Server) Close() { s.closeListeners() }
+
 func (s *Server) closeListeners() {
 	if s.udp != nil {
 		_ = s.udp.Close()
