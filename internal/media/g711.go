@@ -90,40 +90,25 @@ func DecodeALaw(a byte) int16 {
 
 // EncodeMuLawSlice appends the µ-law encoding of pcm to dst and returns the
 // extended slice; dst may be nil.
-func EncodeMuLawSlice(dst []byte, pcm []int16) []byte {
-	dst = grow(dst, len(pcm))
-	for _, s := range pcm {
-		dst = append(dst, EncodeMuLaw(s))
-	}
-	return dst
-}
+func EncodeMuLawSlice(dst []byte, pcm []int16) []byte { return appendEach(dst, pcm, EncodeMuLaw) }
 
 // DecodeMuLawSlice appends the linear decoding of the µ-law bytes in g to dst and
 // returns the extended slice; dst may be nil.
-func DecodeMuLawSlice(dst []int16, g []byte) []int16 {
-	dst = grow(dst, len(g))
-	for _, b := range g {
-		dst = append(dst, DecodeMuLaw(b))
-	}
-	return dst
-}
+func DecodeMuLawSlice(dst []int16, g []byte) []int16 { return appendEach(dst, g, DecodeMuLaw) }
 
 // EncodeALawSlice appends the A-law encoding of pcm to dst and returns the
 // extended slice; dst may be nil.
-func EncodeALawSlice(dst []byte, pcm []int16) []byte {
-	dst = grow(dst, len(pcm))
-	for _, s := range pcm {
-		dst = append(dst, EncodeALaw(s))
-	}
-	return dst
-}
+func EncodeALawSlice(dst []byte, pcm []int16) []byte { return appendEach(dst, pcm, EncodeALaw) }
 
 // DecodeALawSlice appends the linear decoding of the A-law bytes in g to dst and
 // returns the extended slice; dst may be nil.
-func DecodeALawSlice(dst []int16, g []byte) []int16 {
-	dst = grow(dst, len(g))
-	for _, b := range g {
-		dst = append(dst, DecodeALaw(b))
+func DecodeALawSlice(dst []int16, g []byte) []int16 { return appendEach(dst, g, DecodeALaw) }
+
+// appendEach appends f of every element of src to dst.
+func appendEach[S, D any](dst []D, src []S, f func(S) D) []D {
+	dst = grow(dst, len(src))
+	for _, s := range src {
+		dst = append(dst, f(s))
 	}
 	return dst
 }
