@@ -49,6 +49,18 @@ type Queues interface {
 	RecordAbandoned(core.QueueID, time.Duration)
 }
 
+// Deliverer carries the offers of one channel to the agent — the SIP edge rings the
+// agent's phone for voice. The Service calls it on a goroutine of its own, never
+// with a lock held; methods may block and must be safe for concurrent use.
+type Deliverer interface {
+	// Deliver presents the offered interaction to the agent holding tok. The
+	// deliverer answers through Accept (the agent took it) or Reject (refused,
+	// unreachable, no answer).
+	Deliver(ix events.Interaction, tok agent.Token)
+	// Withdraw takes back an offer that ended otherwise (expired, abandoned).
+	Withdraw(id core.InteractionID, tok agent.Token)
+}
+
 // Params are the Service's dependencies.
 type Params struct {
 	Queues []config.Queue
@@ -79,6 +91,8 @@ type Service struct {
 	queues map[core.QueueID]queueInfo
 	agents Agents
 	router Queues
+	// deliverers by channel; set before start, read-only after.
+	deliverers map[core.Channel]Deliverer
 
 	// mu guards live, dead, draining and idle.
 	mu   sync.Mutex
@@ -112,6 +126,14 @@ func NewService(p Params) (*Service, error) {
 // Wire connects the Service to the agents' owner and the router (they depend on each other).
 func (s *Service) Wire(a Agents, r Queues) {
 	s.agents, s.router = a, r
+}
+
+// SetDeliverer routes the offers of channel ch to d. Call before start.
+func (s *Service) SetDeliverer(ch core.Channel, d Deliverer) {
+	if s.deliverers == nil {
+		s.deliverers = map[core.Channel]Deliverer{}
+	}
+	s.deliverers[ch] = d
 }
 
 // CreateRequest asks for a new interaction.
@@ -242,7 +264,11 @@ func (s *Service) Offer(o router.Offer) router.OfferResult {
 	ix.token = o.Grant.Token
 	ix.Agent = o.Grant.Token.Agent
 	_, err := s.moveLocked(ix, StateOffered, "")
+	snap := ix.Interaction
 	s.mu.Unlock()
+	if d := s.deliverers[snap.Channel]; d != nil && err == nil {
+		go d.Deliver(snap, o.Grant.Token)
+	}
 	if err != nil {
 		s.logger.Error("offer", "interaction", o.Interaction, "err", err)
 		if rerr := s.agents.Release(o.Grant.Token); rerr != nil && !errors.Is(rerr, agent.ErrLeaseEnded) {
@@ -331,6 +357,7 @@ func (s *Service) Abandon(id core.InteractionID, reason string) (uint64, error) 
 		return 0, fmt.Errorf("interaction: abandon %s: %w", id, ErrNotFound)
 	}
 	state, tok := State(ix.State), ix.token
+	var ch core.Channel
 	var seq uint64
 	var err error
 	var wait time.Duration
@@ -338,6 +365,7 @@ func (s *Service) Abandon(id core.InteractionID, reason string) (uint64, error) 
 	case StateQueued, StateOffered:
 		wait = s.clock.Now().Sub(ix.enqueued)
 		seq, err = s.moveLocked(ix, StateAbandoned, reason)
+		ch = ix.Channel
 	case StateConnected:
 		holder := ix.Agent
 		s.mu.Unlock()
@@ -353,8 +381,13 @@ func (s *Service) Abandon(id core.InteractionID, reason string) (uint64, error) 
 	}
 	if state == StateQueued {
 		s.router.Remove(id)
-	} else if err := s.agents.Release(tok); err != nil && !errors.Is(err, agent.ErrLeaseEnded) {
-		s.logger.Warn("release on abandon", "interaction", id, "err", err)
+	} else {
+		if err := s.agents.Release(tok); err != nil && !errors.Is(err, agent.ErrLeaseEnded) {
+			s.logger.Warn("release on abandon", "interaction", id, "err", err)
+		}
+		if d := s.deliverers[ch]; d != nil {
+			go d.Withdraw(id, tok)
+		}
 	}
 	s.router.RecordAbandoned(q, wait)
 	return seq, nil
@@ -449,7 +482,11 @@ func (s *Service) requeue(id core.InteractionID, tok agent.Token, reason string)
 	ix.token, ix.Agent = agent.Token{}, ""
 	seq, err := s.moveLocked(ix, StateQueued, reason)
 	enq := ix.enqueued
+	ch := ix.Channel
 	s.mu.Unlock()
+	if d := s.deliverers[ch]; d != nil {
+		go d.Withdraw(id, tok)
+	}
 	if err != nil {
 		return 0, err
 	}
