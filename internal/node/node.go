@@ -85,12 +85,20 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 	n.agents.SetObserver(n.ix)
 	var regs api.Registrations
 	if cfg.SIP.Enabled() {
-		n.sip, err = sip.New(sip.Params{Config: cfg.SIP, Directory: newDirectory(cfg.Agents), Log: n.log, Clock: clk, Logger: n.logger.With("component", "sip")})
+		routes := map[string]core.QueueID{}
+		for _, q := range cfg.Queues {
+			routes[string(q.ID)], routes[string(q.DN)] = q.ID, q.ID
+		}
+		n.sip, err = sip.New(sip.Params{Config: cfg.SIP, Directory: newDirectory(cfg.Agents), Interactions: n.ix, Routes: routes,
+			Log: n.log, Clock: clk, Logger: n.logger.With("component", "sip")})
 		if err != nil {
 			st.Close()
 			return nil, fmt.Errorf("node: %w", err)
 		}
 		regs = n.sip.Registrar()
+		if d := n.sip.Deliverer(); d != nil {
+			n.ix.SetDeliverer(core.ChannelVoice, d)
+		}
 	}
 	n.api = api.New(api.Params{
 		Registrations: regs,

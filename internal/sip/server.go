@@ -18,7 +18,9 @@ import (
 
 	"github.com/ccmesh/ccmesh/internal/clock"
 	"github.com/ccmesh/ccmesh/internal/config"
+	"github.com/ccmesh/ccmesh/internal/core"
 	"github.com/ccmesh/ccmesh/internal/events"
+	"github.com/ccmesh/ccmesh/internal/interaction"
 )
 
 // udpReadBuffer is the socket receive buffer: the default overflows near 4,000
@@ -26,13 +28,17 @@ import (
 const udpReadBuffer = 8 << 20
 
 // allowed lists the methods the node answers, for Allow headers.
-var allowed = []string{"REGISTER", "OPTIONS"}
+var allowed = []string{"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS"}
 
 // Params are the SIP edge's dependencies.
 type Params struct {
 	Config    config.SIPConfig
 	Directory Directory
-	Log       *events.Log
+	// Interactions and Routes enable calls: an INVITE to a route point (a queue's
+	// DN or id) becomes a voice interaction. Without them INVITE gets 405.
+	Interactions Interactions
+	Routes       map[string]core.QueueID
+	Log          *events.Log
 	Clock     clock.Clock
 	Logger    *slog.Logger
 }
@@ -44,6 +50,7 @@ type Server struct {
 	udp    net.PacketConn
 	tcp    net.Listener
 	reg    *Registrar
+	calls  *calls // nil without Interactions
 	parser *sip.Parser
 	logger *slog.Logger
 }
@@ -95,7 +102,31 @@ func New(p Params) (*Server, error) {
 	s.srv.OnRegister(s.reg.HandleRegister)
 	s.srv.OnOptions(s.options)
 	s.srv.OnNoRoute(s.notAllowed)
+	if p.Interactions != nil && s.udp != nil {
+		client, err := sipgo.NewClient(s.ua, sipgo.WithClientHostname(host))
+		if err != nil {
+			s.closeListeners()
+			return nil, fmt.Errorf("sip: client: %w", err)
+		}
+		port := s.udp.LocalAddr().(*net.UDPAddr).Port
+		if s.calls, err = newCalls(p.Interactions, p.Routes, s.reg, client, host, port, p.Logger); err != nil {
+			s.closeListeners()
+			return nil, err
+		}
+		s.srv.OnInvite(s.calls.onInvite)
+		s.srv.OnAck(s.calls.onAck)
+		s.srv.OnBye(s.calls.onBye)
+		s.srv.OnCancel(s.calls.onCancel)
+	}
 	return s, nil
+}
+
+// Deliverer returns the voice deliverer (nil when calls are off).
+func (s *Server) Deliverer() interaction.Deliverer {
+	if s.calls == nil {
+		return nil
+	}
+	return s.calls
 }
 
 // filter sees every UDP datagram before sipgo parses it: sipgo drops what it cannot
