@@ -39,8 +39,8 @@ type Params struct {
 	Interactions Interactions
 	Routes       map[string]core.QueueID
 	Log          *events.Log
-	Clock     clock.Clock
-	Logger    *slog.Logger
+	Clock        clock.Clock
+	Logger       *slog.Logger
 }
 
 // Server is the SIP edge. Create it with New (which binds the listeners), then Run.
