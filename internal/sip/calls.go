@@ -178,9 +178,19 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	c.stopMoH = stop
 	go func() { _ = c.moh.Run(mctx) }()
 
+	// A CANCEL is seen at once through OnCancel; the transaction itself ends only
+	// after its Timer I, seconds later, too late to stop offering the call.
+	cancelled := make(chan struct{})
+	var once sync.Once
+	if !tx.OnCancel(func(*sip.Request) { once.Do(func() { close(cancelled) }) }) {
+		once.Do(func() { close(cancelled) })
+	}
 	select {
-	case <-tx.Done(): // the caller cancelled (the transaction layer sent 487)
+	case <-cancelled: // the caller hung up (the transaction layer answered 200 and 487)
 		m.abandon(c, "caller hung up while waiting")
+		return
+	case <-tx.Done(): // the transaction ended otherwise (transport failure)
+		m.abandon(c, "caller transaction ended")
 		return
 	case br := <-c.bridged: // the agent answered
 		m.connect(c, br)

@@ -235,13 +235,13 @@ func TestCallerAbandonsWhileQueuedAndUnknownNumber(t *testing.T) {
 	t.Parallel()
 	p := serve(t, writeConfig(t, configOpts{dataDir: t.TempDir()}))
 	c := newClient(t, p.base)
-	if code, out := sipp(t, "caller_cancel.xml", p.sipUDP, "u1", nil, 1, "-s", "2002"); code != 0 {
+	if code, out := sipp(t, "caller_cancel.xml", p.sipUDP, "u1", nil, 1, "-s", "2002", "-d", "1000"); code != 0 {
 		t.Fatalf("caller cancel: exit %d\n%s", code, out)
 	}
 	var list struct {
 		Interactions []ixBody `json:"interactions"`
 	}
-	eventually(t, 5*time.Second, "the call recorded as abandoned", func() bool {
+	eventually(t, 2*time.Second, "the call recorded as abandoned", func() bool {
 		list = decode[struct {
 			Interactions []ixBody `json:"interactions"`
 		}](t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200))
@@ -257,5 +257,71 @@ func TestCallerAbandonsWhileQueuedAndUnknownNumber(t *testing.T) {
 	// so use the 404-expecting variant.
 	if code, out := sipp(t, "caller_unknown.xml", p.sipUDP, "u1", nil, 1, "-s", "9999"); code != 0 {
 		t.Fatalf("unknown number: exit %d\n%s", code, out)
+	}
+}
+
+// The agent's phone refuses (486) or never answers (offer timeout → CANCEL): the
+// agent goes not ready ("missed offer") and the call stays queued, keeping its
+// place, until the caller gives up.
+func TestAgentPhoneBusyOrNoAnswer(t *testing.T) {
+	for _, tc := range []struct{ name, phone, outcome string }{
+		{"busy", "agent_busy.xml", "rejected"},
+		{"no answer", "agent_noanswer.xml", "expired"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p := serve(t, writeConfig(t, configOpts{dataDir: t.TempDir(), digest: "[MD5, SHA-256]", offerTimeout: "2s"}))
+			c := newClient(t, p.base)
+			phone := freeUDPPort(t)
+			if code, out := sipp(t, "register_contact.xml", p.sipUDP, "u1", []string{"ann;[authentication username=ann password=ann-pass]"}, 1,
+				"-key", "contact_port", fmt.Sprint(phone)); code != 0 {
+				t.Fatalf("register: exit %d\n%s", code, out)
+			}
+			c.loginReady("sales", 1, "ann")
+			uas := make(chan string, 1)
+			go func() {
+				code, out := sipp(t, tc.phone, "", "u1", nil, 1, "-p", fmt.Sprint(phone))
+				uas <- fmt.Sprintf("exit %d\n%s", code, out)
+			}()
+			eventually(t, 5*time.Second, "the phone listening", func() bool {
+				conn, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", phone))
+				if err == nil {
+					conn.Close()
+				}
+				return err != nil
+			})
+			// The caller waits long enough for the offer to fail, then hangs up.
+			if code, out := sipp(t, "caller_cancel.xml", p.sipUDP, "u1", nil, 1, "-s", "2001", "-d", "3500"); code != 0 {
+				t.Fatalf("caller: exit %d\n%s", code, out)
+			}
+			if res := <-uas; !strings.HasPrefix(res, "exit 0") {
+				t.Fatalf("agent phone: %s", res)
+			}
+			ag := decode[struct {
+				State struct {
+					State  string `json:"state"`
+					Reason string `json:"reason"`
+				} `json:"state"`
+			}](t, c.call("GET", "/api/v1/agents/ann", agent("ann"), "", 200))
+			if ag.State.State != "not_ready" || ag.State.Reason != "missed offer" {
+				t.Fatalf("ann after a %s phone: %+v", tc.name, ag.State)
+			}
+			var list struct {
+				Interactions []ixBody `json:"interactions"`
+			}
+			eventually(t, 2*time.Second, "the call recorded as abandoned", func() bool {
+				list = decode[struct {
+					Interactions []ixBody `json:"interactions"`
+				}](t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200))
+				return len(list.Interactions) == 1 && list.Interactions[0].State == "abandoned"
+			})
+			states := strings.Join(c.states(list.Interactions[0].ID), ",")
+			if states != "created,queued,offered,queued,abandoned" {
+				t.Fatalf("lifecycle %s", states)
+			}
+			if body := string(c.call("GET", "/api/v1/interactions/"+list.Interactions[0].ID+"/events", admin(), "", 200)); !strings.Contains(body, `"outcome": "`+tc.outcome+`"`) {
+				t.Fatalf("no %s lease in the history:\n%s", tc.outcome, body)
+			}
+		})
 	}
 }
