@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	encbin "encoding/binary"
 	"fmt"
 	"net"
 	"os"
@@ -105,57 +107,98 @@ func TestSippRegistersAgentsThroughTheBinary(t *testing.T) {
 	}
 }
 
-// A real softphone: baresip registers as ann, shows up in the API, and removes its
-// registration when it quits.
-func TestBaresipRegistersAndUnregisters(t *testing.T) {
-	t.Parallel()
+// startBaresip runs baresip registered as user with account parameters extra
+// (e.g. ";answermode=auto") for at most secs seconds; it returns a channel that
+// yields its exit error and output.
+func startBaresip(t *testing.T, sipUDP, user, pass, extra string, secs int) <-chan string {
+	t.Helper()
 	bin, err := exec.LookPath("baresip")
 	if err != nil {
 		t.Fatalf("baresip is required (Debian package baresip; `make test` installs it): %v", err)
 	}
-	p := serve(t, writeConfig(t, configOpts{dataDir: t.TempDir(), digest: "[MD5]"}))
-	c := newClient(t, p.base)
 	conf := t.TempDir()
+	// Its audio source must be a real 8 kHz WAV: two seconds of silence.
+	wav := filepath.Join(conf, "silence.wav")
+	if err := os.WriteFile(wav, silentWAV(2*8000), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	// baresip must bind a 127.0.0.x address of its own: by interface name "lo" it fails.
 	cfg := "poll_method epoll\nsip_listen 127.0.0.3:0\nnet_interface 127.0.0.3\n" +
-		"audio_player aufile,/dev/null\naudio_source aufile,/dev/null\n" +
-		"module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\nmodule_app account.so\n"
+		"audio_player aufile,/dev/null\naudio_source aufile," + wav + "\n" +
+		"module_path /usr/lib/baresip/modules\nmodule g711.so\nmodule aufile.so\nmodule_app account.so\nmodule_app menu.so\n"
 	if err := os.WriteFile(filepath.Join(conf, "config"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	account := fmt.Sprintf("<sip:ann@%s>;auth_pass=ann-pass;regint=120\n", p.sipUDP)
+	account := fmt.Sprintf("<sip:%s@%s>;auth_pass=%s;regint=120%s\n", user, sipUDP, pass, extra)
 	if err := os.WriteFile(filepath.Join(conf, "accounts"), []byte(account), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, "-4", "-f", conf, "-t", "5")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+20)*time.Second)
+	cmd := exec.CommandContext(ctx, bin, "-4", "-f", conf, "-t", fmt.Sprint(secs))
 	var out strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	registered := func() bool {
-		regs := decode[registrationsBody](t, c.call("GET", "/api/v1/registrations", supervisor(), "", 200))
-		for _, b := range regs.Registrations["ann"] {
-			if strings.Contains(b.UserAgent, "baresip") {
-				return true
-			}
+	done := make(chan string, 1)
+	go func() {
+		err := cmd.Wait()
+		cancel()
+		done <- fmt.Sprintf("%v\n%s", err, out.String())
+	}()
+	return done
+}
+
+func (c *client) registeredBy(agentID, ua string) bool {
+	regs := decode[registrationsBody](c.t, c.call("GET", "/api/v1/registrations", supervisor(), "", 200))
+	for _, b := range regs.Registrations[agentID] {
+		if strings.Contains(b.UserAgent, ua) {
+			return true
 		}
-		return false
 	}
-	eventually(t, 5*time.Second, "baresip registered as ann", registered)
+	return false
+}
+
+// A real softphone: baresip registers as ann, shows up in the API, and removes its
+// registration when it quits.
+func TestBaresipRegistersAndUnregisters(t *testing.T) {
+	t.Parallel()
+	p := serve(t, writeConfig(t, configOpts{dataDir: t.TempDir(), digest: "[MD5]"}))
+	c := newClient(t, p.base)
+	done := startBaresip(t, p.sipUDP, "ann", "ann-pass", "", 5)
+	eventually(t, 5*time.Second, "baresip registered as ann", func() bool { return c.registeredBy("ann", "baresip") })
 	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("baresip: %v\n%s", err, out.String())
+	case res := <-done:
+		if !strings.HasPrefix(res, "<nil>") {
+			t.Fatalf("baresip: %s", res)
 		}
-	case <-time.After(20 * time.Second):
-		t.Fatalf("baresip did not quit after -t 5\n%s", out.String())
+	case <-time.After(30 * time.Second):
+		t.Fatal("baresip did not quit after -t 5")
 	}
-	eventually(t, 5*time.Second, "baresip unregistered on exit", func() bool { return !registered() })
+	eventually(t, 5*time.Second, "baresip unregistered on exit", func() bool { return !c.registeredBy("ann", "baresip") })
+}
+
+// baresip as ann's auto-answering phone takes a queued call from a sipp caller.
+func TestBaresipAutoAnswersAQueuedCall(t *testing.T) {
+	t.Parallel()
+	p := serve(t, writeConfig(t, configOpts{dataDir: t.TempDir(), digest: "[MD5]"}))
+	c := newClient(t, p.base)
+	startBaresip(t, p.sipUDP, "ann", "ann-pass", ";answermode=auto", 15)
+	eventually(t, 5*time.Second, "baresip registered as ann", func() bool { return c.registeredBy("ann", "baresip") })
+	c.loginReady("sales", 1, "ann")
+	if code, out := sipp(t, "caller.xml", p.sipUDP, "u1", nil, 1, "-s", "2001"); code != 0 {
+		t.Fatalf("caller: exit %d\n%s", code, out)
+	}
+	list := decode[struct {
+		Interactions []ixBody `json:"interactions"`
+	}](t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200))
+	if len(list.Interactions) != 1 || list.Interactions[0].Agent != "ann" {
+		t.Fatalf("voice interactions: %+v", list.Interactions)
+	}
+	if states := strings.Join(c.states(list.Interactions[0].ID), ","); !strings.HasPrefix(states, "created,queued,offered,connected,wrap_up") {
+		t.Fatalf("lifecycle %s", states)
+	}
 }
 
 func hasArg(args []string, name string) bool {
@@ -324,4 +367,24 @@ func TestAgentPhoneBusyOrNoAnswer(t *testing.T) {
 			}
 		})
 	}
+}
+
+// silentWAV returns a 16-bit mono 8 kHz PCM WAV of n silent samples.
+func silentWAV(n int) []byte {
+	var b bytes.Buffer
+	le := func(v any) { _ = encbin.Write(&b, encbin.LittleEndian, v) }
+	b.WriteString("RIFF")
+	le(uint32(36 + 2*n))
+	b.WriteString("WAVEfmt ")
+	le(uint32(16))
+	le(uint16(1))    // PCM
+	le(uint16(1))    // mono
+	le(uint32(8000)) // sample rate
+	le(uint32(16000))
+	le(uint16(2))
+	le(uint16(16))
+	b.WriteString("data")
+	le(uint32(2 * n))
+	b.Write(make([]byte, 2*n))
+	return b.Bytes()
 }
