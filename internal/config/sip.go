@@ -27,6 +27,9 @@ type SIPConfig struct {
 	MaxExpires     Duration `yaml:"max_expires" json:"max_expires"`
 	// MaxContacts bounds the phones one agent registers at once (default 5).
 	MaxContacts int `yaml:"max_contacts" json:"max_contacts"`
+	// RTPTimeout ends a bridged call when no RTP arrived from either party for
+	// this long (default 60s).
+	RTPTimeout Duration `yaml:"rtp_timeout" json:"rtp_timeout"`
 }
 
 // Enabled reports whether any SIP listener is configured.
@@ -40,6 +43,7 @@ const (
 	DefaultDefaultExpires = Duration(time.Hour)
 	DefaultMaxExpires     = Duration(2 * time.Hour)
 	DefaultMaxContacts    = 5
+	DefaultRTPTimeout     = Duration(60 * time.Second)
 )
 
 // DigestAlgorithmNames lists the supported digest algorithms.
@@ -66,6 +70,9 @@ func applySIPDefaults(s *SIPConfig) {
 	}
 	if s.MaxContacts == 0 {
 		s.MaxContacts = DefaultMaxContacts
+	}
+	if s.RTPTimeout == 0 {
+		s.RTPTimeout = DefaultRTPTimeout
 	}
 }
 
@@ -121,5 +128,8 @@ func (c *Config) validateSIP(p *problems) {
 	}
 	if s.MaxContacts < 1 || s.MaxContacts > 20 {
 		p.add("sip.max_contacts", "%d out of range 1..20", s.MaxContacts)
+	}
+	if s.RTPTimeout < Duration(5*time.Second) || s.RTPTimeout > Duration(time.Hour) {
+		p.add("sip.rtp_timeout", "%q out of range 5s..1h", s.RTPTimeout)
 	}
 }

@@ -31,9 +31,6 @@ type Interactions interface {
 	Abandon(core.InteractionID, string) (uint64, error)
 }
 
-// rtpTimeout ends a bridged call whose media stopped both ways.
-const rtpTimeout = 60 * time.Second
-
 // calls is the B2BUA (ADR 0005): a caller's INVITE to a route point becomes a voice
 // interaction; the caller hears music from the node while it waits; the agent the
 // router reserved is rung on its registered phone; when it answers, the node
@@ -45,7 +42,9 @@ type calls struct {
 	dsc    *sipgo.DialogServerCache
 	dcc    *sipgo.DialogClientCache
 	host   netip.Addr
-	logger *slog.Logger
+	// rtpTimeout ends a bridged call whose media stopped both ways.
+	rtpTimeout time.Duration
+	logger     *slog.Logger
 
 	// mu guards byIx.
 	mu   sync.Mutex
@@ -79,13 +78,13 @@ type bridge struct {
 	remote sdp.Media
 }
 
-func newCalls(svc Interactions, routes map[string]core.QueueID, reg *Registrar, client *sipgo.Client, host string, port int, logger *slog.Logger) (*calls, error) {
+func newCalls(svc Interactions, routes map[string]core.QueueID, reg *Registrar, client *sipgo.Client, host string, port int, rtpTimeout time.Duration, logger *slog.Logger) (*calls, error) {
 	ip, err := netip.ParseAddr(host)
 	if err != nil {
 		return nil, fmt.Errorf("sip: media address %q: %w", host, err)
 	}
 	contact := sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "ccmesh", Host: host, Port: port}}
-	return &calls{svc: svc, routes: routes, reg: reg, host: ip, logger: logger,
+	return &calls{svc: svc, routes: routes, reg: reg, host: ip, rtpTimeout: rtpTimeout, logger: logger,
 		dsc: sipgo.NewDialogServerCache(client, contact), dcc: sipgo.NewDialogClientCache(client, contact),
 		byIx: map[core.InteractionID]*call{}}, nil
 }
@@ -205,7 +204,7 @@ func (m *calls) connect(c *call, br bridge) {
 		Caller:   media.Leg{Conn: c.callerRx, Peer: net.UDPAddrFromAddrPort(c.offer.Addr), TelephoneEvent: c.offer.TelephoneEvent},
 		Agent:    media.Leg{Conn: c.agentRx, Peer: net.UDPAddrFromAddrPort(br.remote.Addr), TelephoneEvent: br.remote.TelephoneEvent},
 		ToCaller: &media.Continuation{SSRC: c.moh.SSRC(), Seq: seq, Timestamp: ts},
-		Timeout:  rtpTimeout,
+		Timeout:  m.rtpTimeout,
 		OnTimeout: func() {
 			m.logger.Warn("sip: media stopped; ending call", "interaction", c.ix)
 			m.hangup(c, true, true)

@@ -109,7 +109,7 @@ func New(p Params) (*Server, error) {
 			return nil, fmt.Errorf("sip: client: %w", err)
 		}
 		port := s.udp.LocalAddr().(*net.UDPAddr).Port
-		if s.calls, err = newCalls(p.Interactions, p.Routes, s.reg, client, host, port, p.Logger); err != nil {
+		if s.calls, err = newCalls(p.Interactions, p.Routes, s.reg, client, host, port, p.Config.RTPTimeout.D(), p.Logger); err != nil {
 			s.closeListeners()
 			return nil, err
 		}

@@ -1,0 +1,50 @@
+package config
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSIPValidation(t *testing.T) {
+	d := func(v time.Duration) Duration { return Duration(v) }
+	cases := []struct {
+		name   string
+		mutate func(*SIPConfig)
+		field  string
+		want   string
+	}{
+		{"udp address", func(s *SIPConfig) { s.ListenUDP = "5060" }, "sip.listen_udp", `invalid address "5060"`},
+		{"tcp port", func(s *SIPConfig) { s.ListenTCP = "127.0.0.1:70000" }, "sip.listen_tcp", `invalid port "70000"`},
+		{"realm quote", func(s *SIPConfig) { s.Realm = `cc"mesh` }, "sip.realm", `invalid realm "cc\"mesh"`},
+		{"algorithm", func(s *SIPConfig) { s.DigestAlgorithms = []string{"SHA-512"} }, "sip.digest_algorithms[0]", `unknown algorithm "SHA-512"`},
+		{"duplicate algorithm", func(s *SIPConfig) { s.DigestAlgorithms = []string{"MD5", "MD5"} }, "sip.digest_algorithms[1]", `duplicate algorithm "MD5"`},
+		{"nonce ttl", func(s *SIPConfig) { s.NonceTTL = d(time.Second) }, "sip.nonce_ttl", `"1s" out of range 10s..1h`},
+		{"min expires", func(s *SIPConfig) { s.MinExpires = d(time.Millisecond) }, "sip.min_expires", `must be >= 1s, got "1ms"`},
+		{"default expires", func(s *SIPConfig) { s.DefaultExpires = d(3 * time.Hour) }, "sip.default_expires", `"3h" must lie between`},
+		{"max expires", func(s *SIPConfig) { s.MaxExpires, s.DefaultExpires = d(48*time.Hour), d(time.Hour) }, "sip.max_expires", `"48h" over 24h`},
+		{"max contacts", func(s *SIPConfig) { s.MaxContacts = 21 }, "sip.max_contacts", "21 out of range 1..20"},
+		{"rtp timeout", func(s *SIPConfig) { s.RTPTimeout = d(time.Second) }, "sip.rtp_timeout", `"1s" out of range 5s..1h`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Default()
+			tc.mutate(&c.SIP)
+			var ve *ValidationError
+			if err := c.Validate(); !errors.As(err, &ve) {
+				t.Fatalf("Validate = %v, want a ValidationError", err)
+			}
+			if len(ve.Problems) != 1 || ve.Problems[0].Field != tc.field || !strings.Contains(ve.Problems[0].Message, tc.want) {
+				t.Fatalf("problems %v, want one at %s containing %q", ve.Problems, tc.field, tc.want)
+			}
+		})
+	}
+	// A config without the section runs without SIP, with the defaults filled in.
+	c := Default()
+	c.SIP = SIPConfig{}
+	ApplyDefaults(c)
+	if err := c.Validate(); err != nil || c.SIP.Enabled() || c.SIP.Realm != DefaultRealm || c.SIP.RTPTimeout != DefaultRTPTimeout {
+		t.Fatalf("no sip section: %+v %v", c.SIP, err)
+	}
+}
