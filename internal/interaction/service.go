@@ -146,6 +146,9 @@ type CreateRequest struct {
 	// IdempotencyKey, when set, makes a repeat of the request return the first
 	// interaction (while it is live; the API looks ended ones up in the store).
 	IdempotencyKey string
+	// ID, when set (from NewID), is the new interaction's id: an edge that must be
+	// ready for the interaction's first offer registers it before Create.
+	ID core.InteractionID
 }
 
 // Create makes an interaction, persists it and queues it. It returns the
@@ -169,8 +172,12 @@ func (s *Service) Create(req CreateRequest) (events.Interaction, uint64, error) 
 		}
 		prio = *req.Priority
 	}
+	id := req.ID
+	if id == "" {
+		id = NewID()
+	}
 	ix := &live{Interaction: events.Interaction{
-		ID: newID(), Channel: req.Channel, Queue: req.Queue, Priority: prio, State: string(StateCreated),
+		ID: id, Channel: req.Channel, Queue: req.Queue, Priority: prio, State: string(StateCreated),
 		CreatedAt: now.UTC(), Attributes: req.Attributes, IdempotencyKey: req.IdempotencyKey,
 	}}
 	s.mu.Lock()
@@ -182,6 +189,10 @@ func (s *Service) Create(req CreateRequest) (events.Interaction, uint64, error) 
 	if s.draining {
 		s.mu.Unlock()
 		return events.Interaction{}, 0, fmt.Errorf("interaction: create: %w", ErrDraining)
+	}
+	if _, dup := s.live[ix.ID]; dup {
+		s.mu.Unlock()
+		return events.Interaction{}, 0, fmt.Errorf("interaction: create: %w: id %s in use", ErrBadRequest, ix.ID)
 	}
 	s.live[ix.ID] = ix
 	if req.IdempotencyKey != "" {
@@ -721,7 +732,8 @@ func (s *Service) Recover(open []events.Interaction) error {
 	return nil
 }
 
-func newID() core.InteractionID {
+// NewID returns a fresh interaction id.
+func NewID() core.InteractionID {
 	var b [10]byte
 	if _, err := rand.Read(b[:]); err != nil {
 		panic(fmt.Sprintf("interaction: crypto/rand: %v", err)) // never happens on Linux

@@ -141,32 +141,39 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	if f := req.From(); f != nil {
 		from = f.Address.String()
 	}
-	ix, _, err := m.svc.Create(interaction.CreateRequest{Channel: core.ChannelVoice, Queue: q,
+	// Registered before Create: the router may offer the call to a ready agent at
+	// once, and Deliver must find it.
+	c.ix = interaction.NewID()
+	m.mu.Lock()
+	m.byIx[c.ix] = c
+	m.mu.Unlock()
+	_, _, err = m.svc.Create(interaction.CreateRequest{ID: c.ix, Channel: core.ChannelVoice, Queue: q,
 		Attributes: map[string]string{"from": from, "call_id": req.CallID().Value()}})
+	if err != nil {
+		id := c.ix
+		c.ix = "" // nothing to abandon
+		m.mu.Lock()
+		delete(m.byIx, id)
+		m.mu.Unlock()
+		c.close()
+	}
 	switch {
 	case errors.Is(err, interaction.ErrQueueClosed):
-		c.close()
 		reply(tx, req, 480, "Temporarily Unavailable (queue closed)")
 		return
 	case errors.Is(err, interaction.ErrBusy), errors.Is(err, interaction.ErrDraining):
-		c.close()
 		reply(tx, req, 503, "Service Unavailable", sip.NewHeader("Retry-After", "30"))
 		return
 	case err != nil:
-		c.close()
 		reply(tx, req, 500, "Server Internal Error")
 		m.logger.Error("sip: create voice interaction", "err", err)
 		return
 	}
-	c.ix = ix.ID
 	if c.a, err = m.dsc.ReadInvite(req, tx); err != nil {
 		m.abandon(c, "dialog: "+err.Error())
 		reply(tx, req, 500, "Server Internal Error")
 		return
 	}
-	m.mu.Lock()
-	m.byIx[c.ix] = c
-	m.mu.Unlock()
 	// Early media: the caller hears the node while it waits (RFC 3960 style 183).
 	if err := c.a.Respond(183, "Session Progress", c.answer, contentSDP()); err != nil {
 		m.abandon(c, "183 failed")
