@@ -667,12 +667,27 @@ func (s *Service) Drain(ctx context.Context) error {
 	}
 }
 
-// Recover re-queues interactions a previous run left open. Queued and offered ones
-// keep their place in the queue; connected ones are failed, their agent's session
-// having died with the previous run.
+// Recover re-queues interactions a previous run left open. Queued and offered
+// tasks and callbacks keep their place in the queue; a call or chat cannot resume
+// (its caller's session died with the previous run) and is failed; connected ones
+// are failed, their agent's session having died too.
 func (s *Service) Recover(open []events.Interaction) error {
 	for _, old := range open {
 		ix := &live{Interaction: old}
+		if old.Channel == core.ChannelVoice || old.Channel == core.ChannelChat {
+			ix.State = string(StateCreated)
+			if State(old.State) == StateWrapUp || State(old.State) == StateConnected {
+				ix.State = string(StateConnected)
+			}
+			s.mu.Lock()
+			s.live[ix.ID] = ix
+			_, err := s.moveLocked(ix, StateFailed, "node restarted: the "+string(old.Channel)+" session was lost")
+			s.mu.Unlock()
+			if err != nil {
+				return err
+			}
+			continue
+		}
 		switch State(old.State) {
 		case StateCreated, StateQueued, StateOffered:
 			ix.Agent = ""

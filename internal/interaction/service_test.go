@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -325,5 +326,39 @@ func TestOfferOnExpiredLeaseIsRefused(t *testing.T) {
 	}
 	if v, _ := st.m.Snapshot("ann"); len(v.Leases) != 0 {
 		t.Fatalf("lease not released: %+v", v.Leases)
+	}
+}
+
+// After a restart, tasks resume in place but calls and chats, whose sessions died,
+// are failed instead of being offered to agents with nobody behind them.
+func TestRecoverResumesTasksOnly(t *testing.T) {
+	clk := clock.NewFake(time.Date(2026, 11, 22, 9, 0, 0, 0, time.UTC))
+	st := newStack(t, clk, []config.Agent{{ID: "ann", Skills: map[core.SkillName]int{"x": 1}}}, []config.Queue{queue("q", 20*time.Second, 0)})
+	enq := clk.Now().Add(-time.Minute).UTC()
+	err := st.s.Recover([]events.Interaction{
+		{ID: "task-1", Channel: core.ChannelTask, Queue: "q", State: "offered", EnqueuedAt: enq, CreatedAt: enq},
+		{ID: "call-1", Channel: core.ChannelVoice, Queue: "q", State: "queued", EnqueuedAt: enq, CreatedAt: enq},
+		{ID: "call-2", Channel: core.ChannelVoice, Queue: "q", State: "wrap_up", Agent: "ann", EnqueuedAt: enq, CreatedAt: enq},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ix, ok := st.s.Get("task-1"); !ok || ix.State != string(StateQueued) {
+		t.Fatalf("task after restart: %+v %v", ix, ok)
+	}
+	for _, id := range []core.InteractionID{"call-1", "call-2"} {
+		if _, ok := st.s.Get(id); ok {
+			t.Fatalf("%s is still live after restart", id)
+		}
+	}
+	evs, _, _ := st.log.Read(0, 100, nil)
+	failed := 0
+	for _, ev := range evs {
+		if d, ok := ev.Data.(events.Interaction); ok && d.State == string(StateFailed) && strings.Contains(d.Reason, "voice session was lost") {
+			failed++
+		}
+	}
+	if failed != 2 {
+		t.Fatalf("%d calls failed, want 2", failed)
 	}
 }
