@@ -59,6 +59,10 @@ type Deliverer interface {
 	Deliver(ix events.Interaction, tok agent.Token)
 	// Withdraw takes back an offer that ended otherwise (expired, abandoned).
 	Withdraw(id core.InteractionID, tok agent.Token)
+	// Ended tells that the interaction reached an end state (state: ended,
+	// abandoned, failed, timed_out), whoever ended it: the edge ends what is left
+	// of the session (a caller still waiting, a call still up).
+	Ended(id core.InteractionID, state string)
 }
 
 // Params are the Service's dependencies.
@@ -568,6 +572,9 @@ func (s *Service) moveLocked(ix *live, to State, reason string) (uint64, error) 
 		delete(s.dead, ix.ID)
 		if ix.IdempotencyKey != "" {
 			delete(s.keys, ix.IdempotencyKey)
+		}
+		if d := s.deliverers[ix.Channel]; d != nil {
+			go d.Ended(ix.ID, string(to))
 		}
 	}
 	if s.draining && s.idle != nil && s.withAgentsLocked() == 0 {

@@ -63,6 +63,7 @@ type call struct {
 	moh      *media.Stream
 	stopMoH  context.CancelFunc
 	bridged  chan bridge // the agent answered
+	ended    chan string // the interaction ended elsewhere while the caller waited
 
 	mu        sync.Mutex
 	tok       agent.Token
@@ -122,7 +123,7 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		reply(tx, req, 400, "Bad Request (SDP)")
 		return
 	}
-	c := &call{offer: offer, bridged: make(chan bridge, 1)}
+	c := &call{offer: offer, bridged: make(chan bridge, 1), ended: make(chan string, 1)}
 	if c.callerRx, err = net.ListenPacket("udp", netip.AddrPortFrom(m.host, 0).String()); err == nil {
 		c.agentRx, err = net.ListenPacket("udp", netip.AddrPortFrom(m.host, 0).String())
 	}
@@ -197,6 +198,10 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	case <-tx.Done(): // the transaction ended otherwise (transport failure)
 		m.abandon(c, "caller transaction ended")
+		return
+	case state := <-c.ended: // max wait reached, or cancelled through the API
+		_ = c.a.Respond(480, "Temporarily Unavailable ("+state+")", nil)
+		m.forget(c)
 		return
 	case br := <-c.bridged: // the agent answered
 		m.connect(c, br)
@@ -387,6 +392,31 @@ func (m *calls) Withdraw(id core.InteractionID, tok agent.Token) {
 	c.mu.Unlock()
 	if same && cancel != nil {
 		cancel()
+	}
+}
+
+// Ended ends what is left of a call whose interaction ended elsewhere
+// (interaction.Deliverer): a waiting caller gets 480, a call still up is hung up.
+func (m *calls) Ended(id core.InteractionID, state string) {
+	m.mu.Lock()
+	c := m.byIx[id]
+	m.mu.Unlock()
+	if c == nil {
+		return // the SIP side ended it first
+	}
+	c.mu.Lock()
+	connected := c.connected
+	c.mu.Unlock()
+	if connected {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = c.a.Bye(ctx)
+		m.forget(c) // BYEs the agent's leg
+		return
+	}
+	select {
+	case c.ended <- state:
+	default:
 	}
 }
 

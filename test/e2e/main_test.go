@@ -91,6 +91,8 @@ type configOpts struct {
 	// (MD5 only, answers the first challenge) or "[MD5]" for baresip 1.0 (whose
 	// libre gives up on any challenge it cannot compute).
 	digest string
+	// maxWait overrides the queues' max_wait (default 10m).
+	maxWait string
 }
 
 // writeConfig writes examples/single-node.yaml with port 0, the data dir and the
@@ -119,6 +121,7 @@ func writeConfig(t *testing.T, o configOpts) string {
 		{"drain_timeout: 30s", "drain_timeout: " + o.drainTimeout},
 		{"wrap_up: 10s", "wrap_up: " + o.wrapUp},
 		{"offer_timeout: 20s", "offer_timeout: " + o.offerTimeout},
+		{"max_wait: 10m", "max_wait: " + map[bool]string{true: "10m", false: o.maxWait}[o.maxWait == ""]},
 		{"digest_algorithms: [SHA-256, MD5]", "digest_algorithms: " + map[bool]string{true: "[SHA-256, MD5]", false: o.digest}[o.digest == ""]},
 	} {
 		if !strings.Contains(s, r.old) {

@@ -388,3 +388,20 @@ func silentWAV(n int) []byte {
 	b.Write(make([]byte, 2*n))
 	return b.Bytes()
 }
+
+// A caller who waits past the queue's max_wait is not left on hold forever: the
+// interaction times out and the node answers the INVITE 480.
+func TestCallerPastMaxWaitGets480(t *testing.T) {
+	t.Parallel()
+	p := serve(t, writeConfig(t, configOpts{dataDir: t.TempDir(), maxWait: "2s"}))
+	c := newClient(t, p.base)
+	if code, out := sipp(t, "caller_timeout.xml", p.sipUDP, "u1", nil, 1, "-s", "2002"); code != 0 {
+		t.Fatalf("caller: exit %d\n%s", code, out)
+	}
+	list := decode[struct {
+		Interactions []ixBody `json:"interactions"`
+	}](t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200))
+	if len(list.Interactions) != 1 || list.Interactions[0].State != "timed_out" {
+		t.Fatalf("voice interactions: %+v", list.Interactions)
+	}
+}
