@@ -156,6 +156,9 @@ type Queue struct {
 	OfferTimeout Duration `yaml:"offer_timeout" json:"offer_timeout"`
 	// BusinessHours, when set, close the queue outside its hours.
 	BusinessHours *BusinessHours `yaml:"business_hours" json:"business_hours,omitempty"`
+	// Sounds are what a caller hears on a call to this queue (WAV files, 8 kHz mono:
+	// 16-bit PCM, µ-law or A-law). Empty paths use the generated defaults.
+	Sounds QueueSounds `yaml:"sounds" json:"sounds"`
 }
 
 // ServiceLevel is "Target percent of interactions answered within Threshold".
@@ -202,4 +205,14 @@ func (q *Queue) WrapUpTime() time.Duration {
 		return DefaultWrapUp.D()
 	}
 	return q.WrapUp.D()
+}
+
+// QueueSounds are the WAV files a queue plays to callers.
+type QueueSounds struct {
+	// Announcement plays once when the call arrives, before the music.
+	Announcement string `yaml:"announcement" json:"announcement,omitempty"`
+	// Music loops while the call waits (default: generated music on hold).
+	Music string `yaml:"music" json:"music,omitempty"`
+	// Closed plays once to a call that arrives outside business hours, before 480.
+	Closed string `yaml:"closed" json:"closed,omitempty"`
 }

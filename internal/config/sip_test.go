@@ -1,7 +1,11 @@
 package config
 
 import (
+	"bytes"
+	"encoding/binary"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -47,4 +51,51 @@ func TestSIPValidation(t *testing.T) {
 	if err := c.Validate(); err != nil || c.SIP.Enabled() || c.SIP.Realm != DefaultRealm || c.SIP.RTPTimeout != DefaultRTPTimeout {
 		t.Fatalf("no sip section: %+v %v", c.SIP, err)
 	}
+}
+
+func TestQueueSoundsValidated(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "welcome.wav")
+	bad := filepath.Join(dir, "music.wav")
+	if err := os.WriteFile(good, wav(8000, 1, 100), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bad, wav(44100, 2, 100), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := Default()
+	c.Queues[0].Sounds = QueueSounds{Announcement: good, Music: bad, Closed: filepath.Join(dir, "missing.wav")}
+	var ve *ValidationError
+	if err := c.Validate(); !errors.As(err, &ve) {
+		t.Fatalf("Validate = %v", err)
+	}
+	got := map[string]string{}
+	for _, pr := range ve.Problems {
+		got[pr.Field] = pr.Message
+	}
+	if len(got) != 2 || !strings.Contains(got["queues[0].sounds.music"], "44100 Hz stereo") || !strings.Contains(got["queues[0].sounds.music"], "sox") ||
+		!strings.Contains(got["queues[0].sounds.closed"], "missing.wav") {
+		t.Fatalf("problems %v", ve.Problems)
+	}
+}
+
+// wav returns a 16-bit PCM WAV with the given rate and channels.
+func wav(rate, channels, samples int) []byte {
+	var b bytes.Buffer
+	le := func(v any) { _ = binary.Write(&b, binary.LittleEndian, v) }
+	n := samples * channels * 2
+	b.WriteString("RIFF")
+	le(uint32(36 + n))
+	b.WriteString("WAVEfmt ")
+	le(uint32(16))
+	le(uint16(1))
+	le(uint16(channels))
+	le(uint32(rate))
+	le(uint32(rate * channels * 2))
+	le(uint16(channels * 2))
+	le(uint16(16))
+	b.WriteString("data")
+	le(uint32(n))
+	b.Write(make([]byte, n))
+	return b.Bytes()
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ccmesh/ccmesh/internal/core"
+	"github.com/ccmesh/ccmesh/internal/media"
 )
 
 // FieldError is one validation problem: the path of the field, e.g.
@@ -312,6 +313,15 @@ func (c *Config) validateQueues(p *problems, checkDN func(string, core.DN), held
 		}
 		if q.BusinessHours != nil {
 			validateHours(p, f+".business_hours", q.BusinessHours)
+		}
+		for name, path := range map[string]string{"announcement": q.Sounds.Announcement, "music": q.Sounds.Music, "closed": q.Sounds.Closed} {
+			if path == "" {
+				continue
+			}
+			// The file is read now so that `ccmesh check` catches a wrong format.
+			if _, err := media.LoadWAVFile(path); err != nil {
+				p.add(f+".sounds."+name, "%v", err)
+			}
 		}
 	}
 }

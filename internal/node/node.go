@@ -21,6 +21,7 @@ import (
 	"github.com/ccmesh/ccmesh/internal/core"
 	"github.com/ccmesh/ccmesh/internal/events"
 	"github.com/ccmesh/ccmesh/internal/interaction"
+	"github.com/ccmesh/ccmesh/internal/media"
 	"github.com/ccmesh/ccmesh/internal/router"
 	"github.com/ccmesh/ccmesh/internal/sip"
 	"github.com/ccmesh/ccmesh/internal/store"
@@ -86,10 +87,22 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 	var regs api.Registrations
 	if cfg.SIP.Enabled() {
 		routes := map[string]core.QueueID{}
+		sounds := map[core.QueueID]sip.QueueSounds{}
 		for _, q := range cfg.Queues {
 			routes[string(q.ID)], routes[string(q.DN)] = q.ID, q.ID
+			var qs sip.QueueSounds
+			for path, dst := range map[string]**media.Clip{q.Sounds.Announcement: &qs.Announcement, q.Sounds.Music: &qs.Music, q.Sounds.Closed: &qs.Closed} {
+				if path == "" {
+					continue
+				}
+				if *dst, err = media.LoadWAVFile(path); err != nil {
+					st.Close()
+					return nil, fmt.Errorf("node: queue %s: %w", q.ID, err)
+				}
+			}
+			sounds[q.ID] = qs
 		}
-		n.sip, err = sip.New(sip.Params{Config: cfg.SIP, Directory: newDirectory(cfg.Agents), Interactions: n.ix, Routes: routes,
+		n.sip, err = sip.New(sip.Params{Config: cfg.SIP, Directory: newDirectory(cfg.Agents), Interactions: n.ix, Routes: routes, Sounds: sounds,
 			Log: n.log, Clock: clk, Logger: n.logger.With("component", "sip")})
 		if err != nil {
 			st.Close()

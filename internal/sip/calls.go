@@ -31,6 +31,12 @@ type Interactions interface {
 	Abandon(core.InteractionID, string) (uint64, error)
 }
 
+// QueueSounds are the clips a queue plays to callers; nil ones fall back to the
+// generated music (Music) or to nothing (Announcement, Closed).
+type QueueSounds struct {
+	Announcement, Music, Closed *media.Clip
+}
+
 // calls is the B2BUA (ADR 0005): a caller's INVITE to a route point becomes a voice
 // interaction; the caller hears music from the node while it waits; the agent the
 // router reserved is rung on its registered phone; when it answers, the node
@@ -38,6 +44,7 @@ type Interactions interface {
 type calls struct {
 	svc    Interactions
 	routes map[string]core.QueueID // route-point user part (DN or queue id) → queue
+	sounds map[core.QueueID]QueueSounds
 	reg    *Registrar
 	dsc    *sipgo.DialogServerCache
 	dcc    *sipgo.DialogClientCache
@@ -79,13 +86,13 @@ type bridge struct {
 	remote sdp.Media
 }
 
-func newCalls(svc Interactions, routes map[string]core.QueueID, reg *Registrar, client *sipgo.Client, host string, port int, rtpTimeout time.Duration, logger *slog.Logger) (*calls, error) {
+func newCalls(svc Interactions, routes map[string]core.QueueID, sounds map[core.QueueID]QueueSounds, reg *Registrar, client *sipgo.Client, host string, port int, rtpTimeout time.Duration, logger *slog.Logger) (*calls, error) {
 	ip, err := netip.ParseAddr(host)
 	if err != nil {
 		return nil, fmt.Errorf("sip: media address %q: %w", host, err)
 	}
 	contact := sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "ccmesh", Host: host, Port: port}}
-	return &calls{svc: svc, routes: routes, reg: reg, host: ip, rtpTimeout: rtpTimeout, logger: logger,
+	return &calls{svc: svc, routes: routes, sounds: sounds, reg: reg, host: ip, rtpTimeout: rtpTimeout, logger: logger,
 		dsc: sipgo.NewDialogServerCache(client, contact), dcc: sipgo.NewDialogClientCache(client, contact),
 		byIx: map[core.InteractionID]*call{}}, nil
 }
@@ -160,7 +167,7 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	switch {
 	case errors.Is(err, interaction.ErrQueueClosed):
-		reply(tx, req, 480, "Temporarily Unavailable (queue closed)")
+		m.closed(req, tx, q, offer)
 		return
 	case errors.Is(err, interaction.ErrBusy), errors.Is(err, interaction.ErrDraining):
 		reply(tx, req, 503, "Service Unavailable", sip.NewHeader("Retry-After", "30"))
@@ -180,7 +187,18 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		m.abandon(c, "183 failed")
 		return
 	}
-	c.moh, _ = media.NewStream(media.StreamParams{Conn: c.callerRx, Dest: net.UDPAddrFromAddrPort(offer.Addr), Codec: c.codec, Clip: media.MusicOnHold(), Loop: true, Logger: m.logger})
+	// The queue's announcement once, then its music (or the generated music) in a loop.
+	snd := m.sounds[q]
+	music := snd.Music
+	if music == nil {
+		music = media.MusicOnHold()
+	}
+	first, loop := music, true
+	if snd.Announcement != nil {
+		first, loop = snd.Announcement, false
+	}
+	c.moh, _ = media.NewStream(media.StreamParams{Conn: c.callerRx, Dest: net.UDPAddrFromAddrPort(offer.Addr), Codec: c.codec,
+		Clip: first, Loop: loop, Logger: m.logger, OnClipEnd: func(*media.Clip) { c.moh.SetClip(music, true) }})
 	mctx, stop := context.WithCancel(context.Background())
 	c.stopMoH = stop
 	go func() { _ = c.moh.Run(mctx) }()
@@ -206,6 +224,55 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	case br := <-c.bridged: // the agent answered
 		m.connect(c, br)
 	}
+}
+
+// closed answers a call to a closed queue: its closed announcement as early media
+// (if it has one), then 480.
+func (m *calls) closed(req *sip.Request, tx sip.ServerTransaction, q core.QueueID, offer sdp.Media) {
+	clip := m.sounds[q].Closed
+	if clip == nil {
+		reply(tx, req, 480, "Temporarily Unavailable (queue closed)")
+		return
+	}
+	conn, err := net.ListenPacket("udp", netip.AddrPortFrom(m.host, 0).String())
+	if err != nil {
+		reply(tx, req, 480, "Temporarily Unavailable (queue closed)")
+		return
+	}
+	defer conn.Close()
+	dlg, err := m.dsc.ReadInvite(req, tx)
+	if err != nil {
+		reply(tx, req, 480, "Temporarily Unavailable (queue closed)")
+		return
+	}
+	ans, err := sdp.Answer(offer, conn.LocalAddr().(*net.UDPAddr).AddrPort(), rand.Uint64N(1<<62))
+	if err != nil {
+		_ = dlg.Respond(480, "Temporarily Unavailable (queue closed)", nil)
+		return
+	}
+	codec := media.PCMU
+	if ans.Codecs[0] == sdp.PCMA {
+		codec = media.PCMA
+	}
+	if err := dlg.Respond(183, "Session Progress", ans.Marshal(), contentSDP()); err != nil {
+		return
+	}
+	played := make(chan struct{})
+	var once sync.Once
+	st, err := media.NewStream(media.StreamParams{Conn: conn, Dest: net.UDPAddrFromAddrPort(offer.Addr), Codec: codec, Clip: clip,
+		Logger: m.logger, OnClipEnd: func(*media.Clip) { once.Do(func() { close(played) }) }})
+	if err == nil {
+		ctx, stop := context.WithCancel(context.Background())
+		defer stop()
+		go func() { _ = st.Run(ctx) }()
+		select {
+		case <-played: // the announcement was heard
+		case <-tx.Done(): // the caller hung up
+			return
+		case <-time.After(clip.Duration() + 5*time.Second): // bound, whatever happens
+		}
+	}
+	_ = dlg.Respond(480, "Temporarily Unavailable (queue closed)", nil)
 }
 
 // connect bridges the legs and answers the caller with the SDP it already has.

@@ -38,6 +38,8 @@ type Params struct {
 	// DN or id) becomes a voice interaction. Without them INVITE gets 405.
 	Interactions Interactions
 	Routes       map[string]core.QueueID
+	// Sounds are the queues' clips (announcement, music, closed announcement).
+	Sounds map[core.QueueID]QueueSounds
 	Log          *events.Log
 	Clock        clock.Clock
 	Logger       *slog.Logger
@@ -109,7 +111,7 @@ func New(p Params) (*Server, error) {
 			return nil, fmt.Errorf("sip: client: %w", err)
 		}
 		port := s.udp.LocalAddr().(*net.UDPAddr).Port
-		if s.calls, err = newCalls(p.Interactions, p.Routes, s.reg, client, host, port, p.Config.RTPTimeout.D(), p.Logger); err != nil {
+		if s.calls, err = newCalls(p.Interactions, p.Routes, p.Sounds, s.reg, client, host, port, p.Config.RTPTimeout.D(), p.Logger); err != nil {
 			s.closeListeners()
 			return nil, err
 		}

@@ -3,7 +3,11 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
+	"math"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -256,5 +260,85 @@ func tryRTP(c net.PacketConn, within time.Duration, want func(*rtp.Packet) bool)
 		if p.Unmarshal(buf[:n]) == nil && want(&p) {
 			return &p
 		}
+	}
+}
+
+// toneWAV returns n samples of a 440 Hz tone as an 8 kHz 16-bit mono WAV.
+func toneWAV(n int) []byte {
+	b := silentWAV(n)
+	for i := 0; i < n; i++ {
+		v := int16(8000 * math.Sin(2*math.Pi*440*float64(i)/8000))
+		b[44+2*i], b[45+2*i] = byte(v), byte(uint16(v)>>8)
+	}
+	return b
+}
+
+// A queue closed today (business hours) plays its closed announcement as early
+// media, then answers 480; ccmesh check accepts the WAV and the node loads it.
+func TestClosedQueueAnnouncementThen480(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	closedWAV := filepath.Join(dir, "closed.wav")
+	if err := os.WriteFile(closedWAV, toneWAV(8000), 0o600); err != nil { // 1 s
+		t.Fatal(err)
+	}
+	path := writeConfig(t, configOpts{dataDir: t.TempDir()})
+	src, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	today := time.Now().UTC().Format("2006-01-02")
+	extra := "  - id: support\n" +
+		"    sounds: {closed: " + jsonString(closedWAV) + "}\n" +
+		"    business_hours: {timezone: UTC, open: [{days: [mon, tue, wed, thu, fri, sat, sun], from: \"00:00\", to: \"24:00\"}], closed_dates: [\"" + today + "\"]}\n"
+	cfg := strings.Replace(string(src), "  - id: support\n", extra, 1)
+	if cfg == string(src) {
+		t.Fatal("examples/single-node.yaml changed; update this test")
+	}
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := run(t, "check", "--config", path); code != 0 {
+		t.Fatalf("check: %s", stderr)
+	}
+	p := serve(t, path)
+
+	callerMedia := listenUDP(t)
+	ua, err := sipgo.NewUA(sipgo.WithUserAgent("go-caller"), sipgo.WithUserAgentHostname("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ua.Close() })
+	client, err := sipgo.NewClient(ua, sipgo.WithClientHostname("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dcc := sipgo.NewDialogClientCache(client, sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "customer", Host: "127.0.0.1"}})
+	offer := sdp.Description{Addr: callerMedia.LocalAddr().(*net.UDPAddr).AddrPort(), SessionID: 5, Version: 1,
+		Codecs: []sdp.Codec{sdp.PCMA}, Direction: sdp.SendRecv}.Marshal()
+	var uri sip.Uri
+	if err := sip.ParseUri("sip:2002@"+p.sipUDP, &uri); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	dlg, err := dcc.Invite(ctx, uri, offer, sip.NewHeader("Content-Type", "application/sdp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	final := make(chan error, 1)
+	go func() { final <- dlg.WaitAnswer(ctx, sipgo.AnswerOptions{}) }()
+	// The announcement: non-silent PCMA while the call is in early media.
+	readRTP(t, callerMedia, 3*time.Second, func(p *rtp.Packet) bool {
+		return p.PayloadType == 8 && len(p.Payload) == 160 && bytes.Count(p.Payload, []byte{0xD5}) < 100
+	})
+	select {
+	case err := <-final:
+		var dr *sipgo.ErrDialogResponse
+		if !errors.As(err, &dr) || dr.Res.StatusCode != 480 {
+			t.Fatalf("final answer: %v, want 480", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no final answer after the announcement")
 	}
 }
