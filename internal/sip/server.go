@@ -40,9 +40,9 @@ type Params struct {
 	Routes       map[string]core.QueueID
 	// Sounds are the queues' clips (announcement, music, closed announcement).
 	Sounds map[core.QueueID]QueueSounds
-	Log          *events.Log
-	Clock        clock.Clock
-	Logger       *slog.Logger
+	Log    *events.Log
+	Clock  clock.Clock
+	Logger *slog.Logger
 }
 
 // Server is the SIP edge. Create it with New (which binds the listeners), then Run.
