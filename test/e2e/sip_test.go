@@ -141,6 +141,7 @@ func startBaresip(t *testing.T, sipUDP, user, pass, extra string, secs int) <-ch
 		cancel()
 		t.Fatal(err)
 	}
+	t.Cleanup(cancel) // never leave a baresip behind the test
 	done := make(chan string, 1)
 	go func() {
 		err := cmd.Wait()
