@@ -141,10 +141,7 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	ans, _ := sdp.Answer(offer, c.callerRx.LocalAddr().(*net.UDPAddr).AddrPort(), rand.Uint64N(1<<62))
 	c.answer = ans.Marshal()
-	c.codec = media.PCMU
-	if ans.Codecs[0] == sdp.PCMA {
-		c.codec = media.PCMA
-	}
+	c.codec = mediaCodec(ans.Codecs[0])
 	from := ""
 	if f := req.From(); f != nil {
 		from = f.Address.String()
@@ -250,10 +247,7 @@ func (m *calls) closed(req *sip.Request, tx sip.ServerTransaction, q core.QueueI
 		_ = dlg.Respond(480, "Temporarily Unavailable (queue closed)", nil)
 		return
 	}
-	codec := media.PCMU
-	if ans.Codecs[0] == sdp.PCMA {
-		codec = media.PCMA
-	}
+	codec := mediaCodec(ans.Codecs[0])
 	if err := dlg.Respond(183, "Session Progress", ans.Marshal(), contentSDP()); err != nil {
 		return
 	}
@@ -505,4 +499,12 @@ func (m *calls) onBye(req *sip.Request, tx sip.ServerTransaction) {
 func (m *calls) onCancel(*sip.Request, sip.ServerTransaction) {
 	// The transaction layer already answered 200 to the CANCEL and 487 to the INVITE;
 	// onInvite sees its transaction end.
+}
+
+// mediaCodec is the media package's codec for a negotiated SDP codec.
+func mediaCodec(c sdp.Codec) media.Codec {
+	if c == sdp.PCMA {
+		return media.PCMA
+	}
+	return media.PCMU
 }

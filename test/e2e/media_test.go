@@ -141,29 +141,9 @@ func TestMediaAnchoredAtTheNode(t *testing.T) {
 	phone := startGoPhone(t, p.sipUDP, "ann", "ann-pass")
 
 	// The caller.
-	callerMedia := listenUDP(t)
-	ua, err := sipgo.NewUA(sipgo.WithUserAgent("go-caller"), sipgo.WithUserAgentHostname("127.0.0.1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ua.Close() })
-	client, err := sipgo.NewClient(ua, sipgo.WithClientHostname("127.0.0.1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dcc := sipgo.NewDialogClientCache(client, sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "customer", Host: "127.0.0.1"}})
-	offer := sdp.Description{Addr: callerMedia.LocalAddr().(*net.UDPAddr).AddrPort(), SessionID: 5, Version: 1,
-		Codecs: []sdp.Codec{sdp.PCMU}, TelephoneEvent: 101, Direction: sdp.SendRecv}.Marshal()
-	var uri sip.Uri
-	if err := sip.ParseUri("sip:2001@"+p.sipUDP, &uri); err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	dlg, err := dcc.Invite(ctx, uri, offer, sip.NewHeader("Content-Type", "application/sdp"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	callerMedia, dlg := goCall(ctx, t, p.sipUDP, "2001", sdp.PCMU, 101)
 	early := make(chan sdp.Media, 1)
 	answered := make(chan error, 1)
 	go func() {
@@ -303,29 +283,9 @@ func TestClosedQueueAnnouncementThen480(t *testing.T) {
 	}
 	p := serve(t, path)
 
-	callerMedia := listenUDP(t)
-	ua, err := sipgo.NewUA(sipgo.WithUserAgent("go-caller"), sipgo.WithUserAgentHostname("127.0.0.1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ua.Close() })
-	client, err := sipgo.NewClient(ua, sipgo.WithClientHostname("127.0.0.1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dcc := sipgo.NewDialogClientCache(client, sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "customer", Host: "127.0.0.1"}})
-	offer := sdp.Description{Addr: callerMedia.LocalAddr().(*net.UDPAddr).AddrPort(), SessionID: 5, Version: 1,
-		Codecs: []sdp.Codec{sdp.PCMA}, Direction: sdp.SendRecv}.Marshal()
-	var uri sip.Uri
-	if err := sip.ParseUri("sip:2002@"+p.sipUDP, &uri); err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	dlg, err := dcc.Invite(ctx, uri, offer, sip.NewHeader("Content-Type", "application/sdp"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	callerMedia, dlg := goCall(ctx, t, p.sipUDP, "2002", sdp.PCMA, 0)
 	final := make(chan error, 1)
 	go func() { final <- dlg.WaitAnswer(ctx, sipgo.AnswerOptions{}) }()
 	// The announcement: non-silent PCMA while the call is in early media.
@@ -341,4 +301,33 @@ func TestClosedQueueAnnouncementThen480(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no final answer after the announcement")
 	}
+}
+
+// goCall places a call from a sipgo caller to number at node, offering codec (and
+// telephone-events as te when non-zero) on a fresh media socket. It returns that
+// socket and the dialog, INVITE sent; the test waits for the answer itself.
+func goCall(ctx context.Context, t *testing.T, node, number string, codec sdp.Codec, te uint8) (net.PacketConn, *sipgo.DialogClientSession) {
+	t.Helper()
+	media := listenUDP(t)
+	ua, err := sipgo.NewUA(sipgo.WithUserAgent("go-caller"), sipgo.WithUserAgentHostname("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ua.Close() })
+	client, err := sipgo.NewClient(ua, sipgo.WithClientHostname("127.0.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dcc := sipgo.NewDialogClientCache(client, sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "customer", Host: "127.0.0.1"}})
+	offer := sdp.Description{Addr: media.LocalAddr().(*net.UDPAddr).AddrPort(), SessionID: 5, Version: 1,
+		Codecs: []sdp.Codec{codec}, TelephoneEvent: te, Direction: sdp.SendRecv}.Marshal()
+	var uri sip.Uri
+	if err := sip.ParseUri("sip:"+number+"@"+node, &uri); err != nil {
+		t.Fatal(err)
+	}
+	dlg, err := dcc.Invite(ctx, uri, offer, sip.NewHeader("Content-Type", "application/sdp"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return media, dlg
 }

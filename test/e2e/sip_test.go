@@ -228,25 +228,7 @@ func TestCallQueuedAndAnsweredByAgentPhone(t *testing.T) {
 	t.Parallel()
 	p := serve(t, writeConfig(t, configOpts{dataDir: t.TempDir(), digest: "[MD5, SHA-256]"}))
 	c := newClient(t, p.base)
-	phone := freeUDPPort(t)
-	if code, out := sipp(t, "register_contact.xml", p.sipUDP, "u1", []string{"ann;[authentication username=ann password=ann-pass]"}, 1,
-		"-key", "contact_port", fmt.Sprint(phone)); code != 0 {
-		t.Fatalf("register ann's phone: exit %d\n%s", code, out)
-	}
-	c.loginReady("sales", 1, "ann")
-	uas := make(chan string, 1)
-	go func() {
-		code, out := sipp(t, "", "", "u1", nil, 1, "-sn", "uas", "-p", fmt.Sprint(phone))
-		uas <- fmt.Sprintf("exit %d\n%s", code, out)
-	}()
-	eventually(t, 5*time.Second, "the phone's UAS listening", func() bool {
-		conn, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", phone))
-		if err == nil {
-			conn.Close()
-			return false
-		}
-		return true
-	})
+	uas := annsPhone(t, p, c, "-sn", "uas")
 	if code, out := sipp(t, "caller.xml", p.sipUDP, "u1", nil, 1, "-s", "2001"); code != 0 {
 		t.Fatalf("caller: exit %d\n%s", code, out)
 	}
@@ -316,24 +298,7 @@ func TestAgentPhoneBusyOrNoAnswer(t *testing.T) {
 			t.Parallel()
 			p := serve(t, writeConfig(t, configOpts{dataDir: t.TempDir(), digest: "[MD5, SHA-256]", offerTimeout: "2s"}))
 			c := newClient(t, p.base)
-			phone := freeUDPPort(t)
-			if code, out := sipp(t, "register_contact.xml", p.sipUDP, "u1", []string{"ann;[authentication username=ann password=ann-pass]"}, 1,
-				"-key", "contact_port", fmt.Sprint(phone)); code != 0 {
-				t.Fatalf("register: exit %d\n%s", code, out)
-			}
-			c.loginReady("sales", 1, "ann")
-			uas := make(chan string, 1)
-			go func() {
-				code, out := sipp(t, tc.phone, "", "u1", nil, 1, "-p", fmt.Sprint(phone))
-				uas <- fmt.Sprintf("exit %d\n%s", code, out)
-			}()
-			eventually(t, 5*time.Second, "the phone listening", func() bool {
-				conn, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", phone))
-				if err == nil {
-					conn.Close()
-				}
-				return err != nil
-			})
+			uas := annsPhone(t, p, c, "-sf", mustAbs(t, filepath.Join("sipp", tc.phone)))
 			// The caller waits long enough for the offer to fail, then hangs up.
 			if code, out := sipp(t, "caller_cancel.xml", p.sipUDP, "u1", nil, 1, "-s", "2001", "-d", "3500"); code != 0 {
 				t.Fatalf("caller: exit %d\n%s", code, out)
@@ -405,4 +370,40 @@ func TestCallerPastMaxWaitGets480(t *testing.T) {
 	if len(list.Interactions) != 1 || list.Interactions[0].State != "timed_out" {
 		t.Fatalf("voice interactions: %+v", list.Interactions)
 	}
+}
+
+// annsPhone registers ann's phone (a sipp that answers as phoneArgs says, e.g.
+// "-sn uas" or "-sf scenario.xml") with the node, logs ann in and makes her ready
+// for sales, and starts the phone. It returns the phone's result ("exit 0…" on
+// success) once it ends.
+func annsPhone(t *testing.T, p *proc, c *client, phoneArgs ...string) <-chan string {
+	t.Helper()
+	port := freeUDPPort(t)
+	if code, out := sipp(t, "register_contact.xml", p.sipUDP, "u1", []string{"ann;[authentication username=ann password=ann-pass]"}, 1,
+		"-key", "contact_port", fmt.Sprint(port)); code != 0 {
+		t.Fatalf("register ann's phone: exit %d\n%s", code, out)
+	}
+	c.loginReady("sales", 1, "ann")
+	res := make(chan string, 1)
+	go func() {
+		code, out := sipp(t, "", "", "u1", nil, 1, append(phoneArgs, "-p", fmt.Sprint(port))...)
+		res <- fmt.Sprintf("exit %d\n%s", code, out)
+	}()
+	eventually(t, 5*time.Second, "ann's phone listening", func() bool {
+		conn, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			conn.Close()
+		}
+		return err != nil
+	})
+	return res
+}
+
+func mustAbs(t *testing.T, path string) string {
+	t.Helper()
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return abs
 }
