@@ -39,6 +39,9 @@ type Agents interface {
 	Reject(agent.Token) error
 	Release(agent.Token) error
 	Complete(agent.Token, time.Duration) error
+	// Reserve is used for direct offers (internal calls, transfers to an agent);
+	// queued interactions are reserved by the router.
+	Reserve(agent.ReserveRequest) (agent.Grant, error)
 }
 
 // Queues is what the Service needs of the router.
@@ -350,14 +353,14 @@ func (s *Service) Complete(id core.InteractionID, by core.AgentID) (uint64, erro
 	if err != nil {
 		return 0, err
 	}
-	qi := s.queues[ix.Queue]
 	s.mu.Lock()
 	seq, err := s.moveLocked(ix, StateWrapUp, "")
+	wrap := s.wrapUpLocked(ix)
 	s.mu.Unlock()
 	if err != nil {
 		return 0, err
 	}
-	if err := s.agents.Complete(tok, qi.cfg.WrapUpTime()); err != nil {
+	if err := s.agents.Complete(tok, wrap); err != nil {
 		return 0, fmt.Errorf("interaction: complete %s: %w", id, err)
 	}
 	return seq, nil
@@ -494,10 +497,19 @@ func (s *Service) requeue(id core.InteractionID, tok agent.Token, reason string)
 		s.mu.Unlock()
 		return 0, fmt.Errorf("interaction: requeue %s in %s: %w", id, ix.State, ErrWrongState)
 	}
+	ch := ix.Channel
+	if ix.Queue == "" {
+		// A direct offer has no queue to go back to: it ends.
+		seq, err := s.moveLocked(ix, StateFailed, "direct offer not taken: "+reason)
+		s.mu.Unlock()
+		if d := s.deliverers[ch]; d != nil {
+			go d.Withdraw(id, tok)
+		}
+		return seq, err
+	}
 	ix.token, ix.Agent = agent.Token{}, ""
 	seq, err := s.moveLocked(ix, StateQueued, reason)
 	enq := ix.enqueued
-	ch := ix.Channel
 	s.mu.Unlock()
 	if d := s.deliverers[ch]; d != nil {
 		go d.Withdraw(id, tok)

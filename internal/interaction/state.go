@@ -8,8 +8,12 @@ import "fmt"
 // State is a lifecycle state of an interaction.
 //
 //	created ──► queued ──► offered ──► connected ──► wrap_up ──► ended
-//	   │           │  ▲         │           │
-//	   │           │  └─────────┘ missed offer, rejection, revoked lease
+//	   │           │  ▲         │  ▲        │
+//	   │           │  └─────────┘  └────────┤ transfer to an agent (blind)
+//	   │           │  missed offer,         │
+//	   │           │  rejection, revoked    │
+//	   │           ▲────────────────────────┘ transfer to a queue (blind)
+//	   │ direct offer (internal call to an agent's DN): created ──► offered
 //	   ▼           ▼
 //	failed     abandoned · timed_out · failed
 type State string
@@ -29,10 +33,10 @@ const (
 
 // transitions lists the allowed moves; anything else is a bug or a stale request.
 var transitions = map[State][]State{
-	StateCreated:   {StateQueued, StateFailed, StateAbandoned},
+	StateCreated:   {StateQueued, StateOffered, StateFailed, StateAbandoned},
 	StateQueued:    {StateOffered, StateAbandoned, StateTimedOut, StateFailed},
 	StateOffered:   {StateConnected, StateQueued, StateAbandoned, StateFailed},
-	StateConnected: {StateWrapUp, StateEnded, StateFailed},
+	StateConnected: {StateWrapUp, StateEnded, StateFailed, StateQueued, StateOffered},
 	StateWrapUp:    {StateEnded},
 }
 

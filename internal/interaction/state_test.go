@@ -5,10 +5,11 @@ import "testing"
 func TestLifecycleTransitions(t *testing.T) {
 	all := []State{StateCreated, StateQueued, StateOffered, StateConnected, StateWrapUp, StateEnded, StateAbandoned, StateFailed, StateTimedOut}
 	allowed := map[[2]State]bool{
-		{StateCreated, StateQueued}: true, {StateCreated, StateFailed}: true, {StateCreated, StateAbandoned}: true,
+		{StateCreated, StateQueued}: true, {StateCreated, StateOffered}: true, {StateCreated, StateFailed}: true, {StateCreated, StateAbandoned}: true,
 		{StateQueued, StateOffered}: true, {StateQueued, StateAbandoned}: true, {StateQueued, StateTimedOut}: true, {StateQueued, StateFailed}: true,
 		{StateOffered, StateConnected}: true, {StateOffered, StateQueued}: true, {StateOffered, StateAbandoned}: true, {StateOffered, StateFailed}: true,
 		{StateConnected, StateWrapUp}: true, {StateConnected, StateEnded}: true, {StateConnected, StateFailed}: true,
+		{StateConnected, StateQueued}: true, {StateConnected, StateOffered}: true,
 		{StateWrapUp, StateEnded}: true,
 	}
 	for _, from := range all {

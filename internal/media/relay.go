@@ -70,6 +70,9 @@ type Relay struct {
 	tsSet      bool
 	lastInTS   uint32
 	agentSSRC  uint32
+	// held drops media both ways while the agent holds the call (the caller hears
+	// music from a Stream meanwhile).
+	held bool
 }
 
 // NewRelay checks p and returns a relay.
@@ -82,6 +85,36 @@ func NewRelay(p RelayParams) (*Relay, error) {
 		r.outSeq = p.ToCaller.Seq
 	}
 	return r, nil
+}
+
+// Hold stops relaying both ways (the agent put the call on hold) and returns
+// where the caller's stream stands, for the Stream that plays music meanwhile.
+// Media still counts against the timeout. ok is false without ToCaller.
+func (r *Relay) Hold() (next Continuation, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.held = true
+	c := r.p.ToCaller
+	if c == nil {
+		return Continuation{}, false
+	}
+	next = Continuation{SSRC: c.SSRC, Seq: r.outSeq, Timestamp: c.Timestamp}
+	if r.tsSet {
+		next.Timestamp = r.lastInTS + r.tsOffset + FrameSamples
+	}
+	return next, true
+}
+
+// Resume relays again after Hold, continuing the caller's stream from next (where
+// the music stopped): the agent's next packet carries next's sequence number and
+// timestamp.
+func (r *Relay) Resume(next Continuation) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.held = false
+	r.p.ToCaller = &next
+	r.outSeq = next.Seq
+	r.tsSet = false
 }
 
 // Stats returns the counters.
@@ -160,12 +193,14 @@ func (r *Relay) pump(conn net.PacketConn, fromCaller bool, stop <-chan struct{})
 			r.dropped.Add(1)
 			continue
 		}
-		out, dst, ok := r.route(&pkt, src, fromCaller)
-		if !ok {
+		out, dst, verdict := r.route(&pkt, src, fromCaller)
+		switch verdict {
+		case routeHeld:
+			continue
+		case routeDrop:
 			r.dropped.Add(1)
 			continue
 		}
-		r.lastRx.Store(time.Now().UnixNano())
 		b, err := out.Marshal()
 		if err != nil {
 			r.dropped.Add(1)
@@ -187,9 +222,16 @@ func (r *Relay) pump(conn net.PacketConn, fromCaller bool, stop <-chan struct{})
 	}
 }
 
+// What route decided for a packet.
+const (
+	routeForward = iota
+	routeDrop    // not from the latched party, or a DTMF event the other side cannot take
+	routeHeld    // valid media while on hold
+)
+
 // route latches the sender's address, maps RFC 4733 payload types between the legs
 // and, toward the caller, continues the caller's RTP identity.
-func (r *Relay) route(pkt *rtp.Packet, src net.Addr, fromCaller bool) (*rtp.Packet, net.Addr, bool) {
+func (r *Relay) route(pkt *rtp.Packet, src net.Addr, fromCaller bool) (*rtp.Packet, net.Addr, int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	from, to := r.p.Caller, r.p.Agent
@@ -202,18 +244,22 @@ func (r *Relay) route(pkt *rtp.Packet, src net.Addr, fromCaller bool) (*rtp.Pack
 		if !r.callerLat {
 			r.callerPeer, r.callerLat = src, true
 		} else if src.String() != r.callerPeer.String() {
-			return nil, nil, false
+			return nil, nil, routeDrop
 		}
 	} else {
 		if !r.agentLat {
 			r.agentPeer, r.agentLat = src, true
 		} else if src.String() != r.agentPeer.String() {
-			return nil, nil, false
+			return nil, nil, routeDrop
 		}
+	}
+	r.lastRx.Store(time.Now().UnixNano())
+	if r.held {
+		return nil, nil, routeHeld
 	}
 	if from.TelephoneEvent != 0 && pkt.PayloadType == from.TelephoneEvent {
 		if to.TelephoneEvent == 0 {
-			return nil, nil, false // the other side cannot take DTMF events
+			return nil, nil, routeDrop // the other side cannot take DTMF events
 		}
 		pkt.PayloadType = to.TelephoneEvent
 	}
@@ -240,5 +286,5 @@ func (r *Relay) route(pkt *rtp.Packet, src net.Addr, fromCaller bool) (*rtp.Pack
 			pkt.Timestamp += r.tsOffset
 		}
 	}
-	return pkt, dst, true
+	return pkt, dst, routeForward
 }

@@ -169,3 +169,90 @@ func TestRelayTimeoutAndStop(t *testing.T) {
 		t.Fatalf("socket after stop: %v", err)
 	}
 }
+
+// On hold the relay passes nothing either way; a stream continuing from Hold's
+// position and a resume from the stream's position keep the caller's RTP
+// identity continuous (one SSRC, contiguous sequence numbers) across
+// talk → music → talk.
+func TestRelayHoldResumeContinuity(t *testing.T) {
+	cont := &Continuation{SSRC: 0xC0FFEE, Seq: 100, Timestamp: 8000}
+	g := newRelayRig(t, cont, 0, nil)
+	sendRTP(t, g.agent, g.nodeAgent.LocalAddr(), 0, 7, 1, 160, []byte{1})
+	p, _ := recvRTP(t, g.caller)
+	if p.SSRC != cont.SSRC || p.SequenceNumber != 100 || p.Timestamp != 8000 {
+		t.Fatalf("before hold: got ssrc %x seq %d ts %d", p.SSRC, p.SequenceNumber, p.Timestamp)
+	}
+	next, ok := g.relay.Hold()
+	if !ok || next.SSRC != cont.SSRC || next.Seq != 101 || next.Timestamp != 8160 {
+		t.Fatalf("Hold() = %+v, %v; want ssrc %x seq 101 ts 8160", next, ok, cont.SSRC)
+	}
+	sendRTP(t, g.agent, g.nodeAgent.LocalAddr(), 0, 7, 2, 320, []byte{2})
+	sendRTP(t, g.caller, g.nodeCaller.LocalAddr(), 0, 9, 1, 160, []byte{3})
+	noPacket(t, g.caller)
+	noPacket(t, g.agent)
+
+	// The music takes over the caller's stream where the relay stopped.
+	st, err := NewStream(StreamParams{Conn: g.nodeCaller, Dest: g.caller.LocalAddr(), Codec: PCMU, Clip: MusicOnHold(), Loop: true, Continue: &next})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	done := make(chan error, 1)
+	go func() { done <- st.Run(ctx) }()
+	var last *rtp.Packet
+	for i := 0; i < 3; i++ {
+		m, _ := recvRTP(t, g.caller)
+		if m.SSRC != cont.SSRC || m.SequenceNumber != 101+uint16(i) {
+			t.Fatalf("music packet %d: ssrc %x seq %d", i, m.SSRC, m.SequenceNumber)
+		}
+		last = m
+	}
+	resume := st.Halt()
+	if err := <-done; err != nil {
+		t.Fatalf("halted stream: %v", err)
+	}
+	// Anything the stream sent after our third read precedes resume.Seq.
+	for {
+		buf := make([]byte, 1500)
+		_ = g.caller.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, _, err := g.caller.ReadFrom(buf); err != nil {
+			break
+		}
+	}
+	if resume.SSRC != cont.SSRC || resume.Seq <= last.SequenceNumber {
+		t.Fatalf("Halt() = %+v after seq %d", resume, last.SequenceNumber)
+	}
+	g.relay.Resume(resume)
+	sendRTP(t, g.agent, g.nodeAgent.LocalAddr(), 0, 7, 50, 9000, []byte{4})
+	p, _ = recvRTP(t, g.caller)
+	if p.SSRC != cont.SSRC || p.SequenceNumber != resume.Seq || p.Timestamp != resume.Timestamp || p.Payload[0] != 4 {
+		t.Fatalf("after resume: got ssrc %x seq %d ts %d payload %v; want seq %d ts %d", p.SSRC, p.SequenceNumber, p.Timestamp, p.Payload, resume.Seq, resume.Timestamp)
+	}
+	sendRTP(t, g.caller, g.nodeCaller.LocalAddr(), 0, 9, 2, 320, []byte{5})
+	if q, _ := recvRTP(t, g.agent); q.Payload[0] != 5 {
+		t.Fatalf("caller → agent after resume: payload %v", q.Payload)
+	}
+	if s := g.relay.Stats(); s.Dropped != 0 {
+		t.Fatalf("held packets counted as dropped: %+v", s)
+	}
+}
+
+// Media on hold keeps the call alive: the timeout counts packets from either
+// party even when they are not relayed.
+func TestRelayHoldKeepsTimeoutFed(t *testing.T) {
+	var fired atomic.Bool
+	g := newRelayRig(t, &Continuation{SSRC: 1}, 300*time.Millisecond, func() { fired.Store(true) })
+	g.relay.Hold()
+	for i := 0; i < 12; i++ {
+		sendRTP(t, g.caller, g.nodeCaller.LocalAddr(), 0, 9, uint16(i), uint32(i*160), []byte{1})
+		time.Sleep(50 * time.Millisecond)
+	}
+	if fired.Load() {
+		t.Fatal("timeout fired while the caller kept sending on hold")
+	}
+	time.Sleep(600 * time.Millisecond)
+	if !fired.Load() {
+		t.Fatal("timeout did not fire after media stopped")
+	}
+}

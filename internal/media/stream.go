@@ -43,6 +43,10 @@ type StreamParams struct {
 	OnClipEnd func(ended *Clip)
 	// Logger receives write errors; nil discards them.
 	Logger *slog.Logger
+	// Continue, if set, makes the stream carry on an RTP identity the remote party
+	// already hears (a relay's, when a bridged call goes on hold): its SSRC, and
+	// the sequence number and timestamp of the next packet. Otherwise they are random.
+	Continue *Continuation
 }
 
 // StreamStats counts what a Stream did.
@@ -90,6 +94,8 @@ type Stream struct {
 	stats StreamStats
 	wrErr bool // the last write failed (logs once per run of failures)
 	begun bool // the first packet has been built (it carries the marker bit)
+	// halted is set by Halt: no packet is built after it.
+	halted bool
 }
 
 // NewStream returns a stream that will send to p.Dest from p.Conn once Run is
@@ -107,7 +113,7 @@ func NewStream(p StreamParams) (*Stream, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Stream{
+	s := &Stream{
 		conn:  p.Conn,
 		codec: p.Codec,
 		ssrc:  rand.Uint32(),
@@ -118,7 +124,11 @@ func NewStream(p StreamParams) (*Stream, error) {
 		loop:  p.Loop,
 		seq:   uint16(rand.Uint32()),
 		ts:    rand.Uint32(),
-	}, nil
+	}
+	if c := p.Continue; c != nil {
+		s.ssrc, s.seq, s.ts = c.SSRC, c.Seq, c.Timestamp
+	}
+	return s, nil
 }
 
 // SSRC returns the stream's synchronisation source identifier.
@@ -133,6 +143,16 @@ func (s *Stream) Next() (seq uint16, ts uint32) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.seq, s.ts
+}
+
+// Halt stops the stream for good and returns where a successor (a relay) must
+// continue: no packet is built after Halt returns, so the successor never repeats
+// a sequence number. Run then returns nil at its next frame.
+func (s *Stream) Halt() Continuation {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.halted = true
+	return Continuation{SSRC: s.ssrc, Seq: s.seq, Timestamp: s.ts}
 }
 
 // Stats returns the counters so far.
@@ -200,7 +220,10 @@ func (s *Stream) Run(ctx context.Context) error {
 			}
 		}
 
-		f := s.next()
+		f, ok := s.next()
+		if !ok {
+			return nil // halted
+		}
 		pkt.SequenceNumber, pkt.Timestamp, pkt.Marker, pkt.Payload = f.seq, f.ts, f.marker, f.payload
 		m, err := pkt.MarshalTo(buf)
 		if err != nil {
@@ -230,10 +253,14 @@ type frame struct {
 	ended   *Clip // a non-looping clip that has just finished
 }
 
-// next takes the next frame from the current clip and advances the counters.
-func (s *Stream) next() frame {
+// next takes the next frame from the current clip and advances the counters; it
+// reports false once the stream is halted.
+func (s *Stream) next() (frame, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.halted {
+		return frame{}, false
+	}
 	f := frame{seq: s.seq, ts: s.ts, marker: !s.begun, dest: s.dest}
 	s.begun = true
 	if c := s.clip; c != nil && !s.loop && s.pos >= c.Frames() {
@@ -253,7 +280,7 @@ func (s *Stream) next() frame {
 	}
 	s.seq++
 	s.ts += FrameSamples
-	return f
+	return f, true
 }
 
 // skip advances the timestamp and the clip by k frames that will not be sent.

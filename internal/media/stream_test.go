@@ -287,9 +287,9 @@ func TestStreamSkipsWhenFarBehind(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f0 := s.next()
+	f0, _ := s.next()
 	s.skip(12) // as if stalled for 12 frames
-	f1 := s.next()
+	f1, _ := s.next()
 	if f1.seq != f0.seq+1 || f1.ts != f0.ts+13*FrameSamples || f1.marker || !f0.marker {
 		t.Errorf("after a skip: seq %d→%d ts %d→%d", f0.seq, f1.seq, f0.ts, f1.ts)
 	}
@@ -303,11 +303,11 @@ func TestStreamSkipsWhenFarBehind(t *testing.T) {
 	// A non-looping clip that ends during the skip ends (once), then silence.
 	s.SetClip(clip, false)
 	s.skip(7)
-	f2 := s.next()
+	f2, _ := s.next()
 	if f2.ended != clip || !bytes.Equal(f2.payload, silenceFrames[0]) {
 		t.Errorf("a clip ending during a skip: ended %v", f2.ended)
 	}
-	if f3 := s.next(); f3.ended != nil {
+	if f3, _ := s.next(); f3.ended != nil {
 		t.Errorf("the end was reported twice")
 	}
 }
