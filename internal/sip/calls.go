@@ -25,9 +25,11 @@ import (
 // Interactions is what the call flow needs of the interaction service.
 type Interactions interface {
 	Create(interaction.CreateRequest) (events.Interaction, uint64, error)
+	Direct(interaction.CreateRequest, core.AgentID) (events.Interaction, uint64, error)
 	Accept(core.InteractionID, core.AgentID) (uint64, error)
 	Reject(core.InteractionID, core.AgentID) (uint64, error)
 	Complete(core.InteractionID, core.AgentID) (uint64, error)
+	Transfer(core.InteractionID, core.AgentID, interaction.Target) (uint64, error)
 	Abandon(core.InteractionID, string) (uint64, error)
 }
 
@@ -38,83 +40,145 @@ type QueueSounds struct {
 }
 
 // calls is the B2BUA (ADR 0005): a caller's INVITE to a route point becomes a voice
-// interaction; the caller hears music from the node while it waits; the agent the
-// router reserved is rung on its registered phone; when it answers, the node
-// bridges the two legs through its own sockets (media anchored at the node).
+// interaction (to an agent's DN, a direct one); the caller hears the node while it
+// waits; the agent the router reserved is rung on its registered phone; when it
+// answers, the node bridges the two legs through its own sockets (media anchored
+// at the node). One goroutine per call (run) owns the call's progress; the SIP
+// and interaction callbacks talk to it through the call's channels.
 type calls struct {
 	svc    Interactions
 	routes map[string]core.QueueID // route-point user part (DN or queue id) → queue
+	dir    Directory               // agents by id or DN, for direct calls and transfers
 	sounds map[core.QueueID]QueueSounds
 	reg    *Registrar
 	dsc    *sipgo.DialogServerCache
 	dcc    *sipgo.DialogClientCache
 	host   netip.Addr
+	// contact is the node's Contact for responses it builds itself.
+	contact sip.ContactHeader
 	// rtpTimeout ends a bridged call whose media stopped both ways.
 	rtpTimeout time.Duration
 	logger     *slog.Logger
 
-	// mu guards byIx.
+	// mu guards the indexes below.
 	mu   sync.Mutex
 	byIx map[core.InteractionID]*call
+	byA  map[*sipgo.DialogServerSession]*call
+	byB  map[*sipgo.DialogClientSession]*call
+	// inviting maps the merge key of INVITEs whose transaction is still open to
+	// their branch, to answer merged (looped) requests 482 (RFC 3261 §8.2.2.2).
+	inviting map[string]string
 }
 
-// call is one caller's call. Its fields after creation are guarded by mu.
+// call is one caller's call.
 type call struct {
 	ix       core.InteractionID
-	a        *sipgo.DialogServerSession
-	answer   []byte // our SDP toward the caller: it never changes
+	queue    core.QueueID // "" for a direct call to an agent
+	offer    sdp.Media    // the caller's
 	codec    media.Codec
-	offer    sdp.Media
 	callerRx net.PacketConn
-	agentRx  net.PacketConn
-	moh      *media.Stream
-	stopMoH  context.CancelFunc
-	bridged  chan bridge // the agent answered
-	ended    chan string // the interaction ended elsewhere while the caller waited
+	maxFwd   uint32 // Max-Forwards for the agent leg (the caller's, minus one)
+	mergeKey string
+	// music is what the caller hears on hold and while re-queued.
+	music *media.Clip
 
-	mu        sync.Mutex
-	tok       agent.Token
-	cancelB   context.CancelFunc
-	b         *sipgo.DialogClientSession
-	agentID   core.AgentID
-	connected bool
+	bridged chan bridge        // an agent answered (Deliver → run)
+	ended   chan string        // the interaction ended elsewhere (Ended → run)
+	handed  chan bool          // a transfer finished: true = the agent leg was handed over
+	timeout chan struct{}      // the media stopped (relay → run), one per bridge
+	a       *sipgo.DialogServerSession
+
+	mu sync.Mutex
+	// done is set by forget: nothing may start on the call after it.
+	done bool
+	// ans is the node's answer to the caller: only its direction and version
+	// ever change (a re-INVITE from the caller), never its address or codec.
+	ans      sdp.Description
+	answered bool // the caller got the 200
+	tok      agent.Token
+	agentID  core.AgentID
+	cancelB  context.CancelFunc // stops ringing the agent of the current offer
+	// b and bRx are the agent leg that answered and the socket facing it.
+	b     *sipgo.DialogClientSession
+	bRx   net.PacketConn
+	bDesc sdp.Description // the node's SDP on b
+	// connected: the legs are bridged through relay.
+	connected    bool
+	relay        *media.Relay
+	stopRelay    context.CancelFunc
+	moh          *media.Stream // what the caller hears when not bridged or on hold
+	stopMoH      context.CancelFunc
+	agentHold    bool // the agent put the call on hold
+	transferring bool
 }
 
 type bridge struct {
 	b      *sipgo.DialogClientSession
+	rx     net.PacketConn
 	agent  core.AgentID
 	remote sdp.Media
 }
 
-func newCalls(svc Interactions, routes map[string]core.QueueID, sounds map[core.QueueID]QueueSounds, reg *Registrar, client *sipgo.Client, host string, port int, rtpTimeout time.Duration, logger *slog.Logger) (*calls, error) {
+func newCalls(svc Interactions, routes map[string]core.QueueID, dir Directory, sounds map[core.QueueID]QueueSounds, reg *Registrar, client *sipgo.Client, host string, port int, rtpTimeout time.Duration, logger *slog.Logger) (*calls, error) {
 	ip, err := netip.ParseAddr(host)
 	if err != nil {
 		return nil, fmt.Errorf("sip: media address %q: %w", host, err)
 	}
 	contact := sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "ccmesh", Host: host, Port: port}}
-	return &calls{svc: svc, routes: routes, sounds: sounds, reg: reg, host: ip, rtpTimeout: rtpTimeout, logger: logger,
+	return &calls{svc: svc, routes: routes, dir: dir, sounds: sounds, reg: reg, host: ip, contact: contact, rtpTimeout: rtpTimeout, logger: logger,
 		dsc: sipgo.NewDialogServerCache(client, contact), dcc: sipgo.NewDialogClientCache(client, contact),
-		byIx: map[core.InteractionID]*call{}}, nil
+		byIx: map[core.InteractionID]*call{}, byA: map[*sipgo.DialogServerSession]*call{}, byB: map[*sipgo.DialogClientSession]*call{},
+		inviting: map[string]string{}}, nil
 }
 
 func contentSDP() sip.Header { return sip.NewHeader("Content-Type", "application/sdp") }
 
-// onInvite handles a new INVITE. It returns only when the INVITE transaction is
-// over (final response sent, or the caller cancelled).
+// listen opens a media socket on the node's address.
+func (m *calls) listen() (net.PacketConn, error) {
+	return net.ListenPacket("udp", netip.AddrPortFrom(m.host, 0).String())
+}
+
+// destination is what an INVITE's request URI asks for: a queue's route point or
+// an agent (by DN or id).
+type destination struct {
+	queue core.QueueID
+	agent core.AgentID
+}
+
+func (m *calls) resolve(user string) (destination, bool) {
+	if q, ok := m.routes[user]; ok {
+		return destination{queue: q}, true
+	}
+	if user != "" {
+		if id, _, ok := m.dir.Lookup(user); ok {
+			return destination{agent: id}, true
+		}
+	}
+	return destination{}, false
+}
+
+// onInvite handles an INVITE. A new call's handler goroutine runs the call to
+// its end (run); sipgo gives each request its own goroutine.
 func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	if to := req.To(); to != nil {
 		if _, ok := to.Params.Get("tag"); ok {
-			// A re-INVITE inside a call: hold/resume is not built yet; keep the session.
-			reply(tx, req, 488, "Not Acceptable Here (re-INVITE not supported yet)")
+			m.reinvite(req, tx)
 			return
 		}
 	}
-	if mf := req.MaxForwards(); mf != nil && *mf == 0 {
+	mf := req.MaxForwards()
+	if mf != nil && *mf == 0 {
 		reply(tx, req, 483, "Too Many Hops")
 		return
 	}
-	q, ok := m.routes[req.Recipient.User]
+	key, merged := m.merged(req)
+	if merged {
+		reply(tx, req, 482, "Loop Detected")
+		return
+	}
+	dst, ok := m.resolve(req.Recipient.User)
 	if !ok {
+		m.endInviting(key)
 		reply(tx, req, 404, "Not Found")
 		return
 	}
@@ -124,24 +188,31 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	switch {
 	case errors.Is(err, sdp.ErrNoCommon), errors.Is(err, sdp.ErrNoAudio):
+		m.endInviting(key)
 		reply(tx, req, 488, "Not Acceptable Here", sip.NewHeader("Warning", `304 ccmesh "`+err.Error()+`"`))
 		return
 	case err != nil:
+		m.endInviting(key)
 		reply(tx, req, 400, "Bad Request (SDP)")
 		return
 	}
-	c := &call{offer: offer, bridged: make(chan bridge, 1), ended: make(chan string, 1)}
-	if c.callerRx, err = net.ListenPacket("udp", netip.AddrPortFrom(m.host, 0).String()); err == nil {
-		c.agentRx, err = net.ListenPacket("udp", netip.AddrPortFrom(m.host, 0).String())
+	c := &call{queue: dst.queue, offer: offer, mergeKey: key, maxFwd: 69,
+		bridged: make(chan bridge, 1), ended: make(chan string, 1), handed: make(chan bool, 1)}
+	if mf != nil {
+		c.maxFwd = uint32(*mf) - 1
 	}
-	if err != nil {
-		c.close()
+	if c.callerRx, err = m.listen(); err != nil {
+		m.endInviting(key)
 		reply(tx, req, 503, "Service Unavailable (no media port)", sip.NewHeader("Retry-After", "5"))
 		return
 	}
-	ans, _ := sdp.Answer(offer, c.callerRx.LocalAddr().(*net.UDPAddr).AddrPort(), rand.Uint64N(1<<62))
-	c.answer = ans.Marshal()
-	c.codec = mediaCodec(ans.Codecs[0])
+	c.ans, _ = sdp.Answer(offer, c.callerRx.LocalAddr().(*net.UDPAddr).AddrPort(), rand.Uint64N(1<<62))
+	c.codec = mediaCodec(c.ans.Codecs[0])
+	snd := m.sounds[dst.queue]
+	c.music = snd.Music
+	if c.music == nil {
+		c.music = media.MusicOnHold()
+	}
 	from := ""
 	if f := req.From(); f != nil {
 		from = f.Address.String()
@@ -152,24 +223,37 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	m.mu.Lock()
 	m.byIx[c.ix] = c
 	m.mu.Unlock()
-	_, _, err = m.svc.Create(interaction.CreateRequest{ID: c.ix, Channel: core.ChannelVoice, Queue: q,
-		Attributes: map[string]string{"from": from, "call_id": req.CallID().Value()}})
+	cr := interaction.CreateRequest{ID: c.ix, Channel: core.ChannelVoice, Queue: dst.queue,
+		Attributes: map[string]string{"from": from, "call_id": req.CallID().Value(), "to": req.Recipient.User}}
+	if dst.agent != "" {
+		_, _, err = m.svc.Direct(cr, dst.agent)
+	} else {
+		_, _, err = m.svc.Create(cr)
+	}
 	if err != nil {
-		id := c.ix
 		c.ix = "" // nothing to abandon
 		m.mu.Lock()
-		delete(m.byIx, id)
+		delete(m.byIx, cr.ID)
 		m.mu.Unlock()
+		m.endInviting(key)
 		c.close()
 	}
+	var deny *agent.DenyError
 	switch {
+	case err == nil:
 	case errors.Is(err, interaction.ErrQueueClosed):
-		m.closed(req, tx, q, offer)
+		m.closed(req, tx, dst.queue, offer)
 		return
 	case errors.Is(err, interaction.ErrBusy), errors.Is(err, interaction.ErrDraining):
 		reply(tx, req, 503, "Service Unavailable", sip.NewHeader("Retry-After", "30"))
 		return
-	case err != nil:
+	case errors.As(err, &deny) && (deny.Reason == agent.DenyAtCapacity || deny.Reason == agent.DenyDuplicate):
+		reply(tx, req, 486, "Busy Here")
+		return
+	case errors.Is(err, interaction.ErrAgentUnavailable):
+		reply(tx, req, 480, "Temporarily Unavailable ("+err.Error()+")")
+		return
+	default:
 		reply(tx, req, 500, "Server Internal Error")
 		m.logger.Error("sip: create voice interaction", "err", err)
 		return
@@ -179,27 +263,30 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		reply(tx, req, 500, "Server Internal Error")
 		return
 	}
+	m.mu.Lock()
+	m.byA[c.a] = c
+	m.mu.Unlock()
 	// Early media: the caller hears the node while it waits (RFC 3960 style 183).
-	if err := c.a.Respond(183, "Session Progress", c.answer, contentSDP()); err != nil {
+	if err := c.a.Respond(183, "Session Progress", c.ans.Marshal(), contentSDP()); err != nil {
 		m.abandon(c, "183 failed")
 		return
 	}
-	// The queue's announcement once, then its music (or the generated music) in a loop.
-	snd := m.sounds[q]
-	music := snd.Music
-	if music == nil {
-		music = media.MusicOnHold()
+	c.mu.Lock()
+	switch {
+	case dst.agent != "": // a direct call rings
+		m.playLocked(c, media.Ringback(), nil, nil)
+	case snd.Announcement != nil: // the queue's announcement once, then its music
+		m.playLocked(c, snd.Announcement, c.music, nil)
+	default:
+		m.playLocked(c, c.music, nil, nil)
 	}
-	first, loop := music, true
-	if snd.Announcement != nil {
-		first, loop = snd.Announcement, false
-	}
-	c.moh, _ = media.NewStream(media.StreamParams{Conn: c.callerRx, Dest: net.UDPAddrFromAddrPort(offer.Addr), Codec: c.codec,
-		Clip: first, Loop: loop, Logger: m.logger, OnClipEnd: func(*media.Clip) { c.moh.SetClip(music, true) }})
-	mctx, stop := context.WithCancel(context.Background())
-	c.stopMoH = stop
-	go func() { _ = c.moh.Run(mctx) }()
+	c.mu.Unlock()
+	m.run(c, tx)
+}
 
+// run follows the call from its early media to its end: waiting (for an agent),
+// talking (bridged), and back to waiting after a blind transfer.
+func (m *calls) run(c *call, tx sip.ServerTransaction) {
 	// A CANCEL is seen at once through OnCancel; the transaction itself ends only
 	// after its Timer I, seconds later, too late to stop offering the call.
 	cancelled := make(chan struct{})
@@ -207,20 +294,241 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	if !tx.OnCancel(func(*sip.Request) { once.Do(func() { close(cancelled) }) }) {
 		once.Do(func() { close(cancelled) })
 	}
-	select {
-	case <-cancelled: // the caller hung up (the transaction layer answered 200 and 487)
-		m.abandon(c, "caller hung up while waiting")
-		return
-	case <-tx.Done(): // the transaction ended otherwise (transport failure)
-		m.abandon(c, "caller transaction ended")
-		return
-	case state := <-c.ended: // max wait reached, or cancelled through the API
-		_ = c.a.Respond(480, "Temporarily Unavailable ("+state+")", nil)
-		m.forget(c)
-		return
-	case br := <-c.bridged: // the agent answered
-		m.connect(c, br)
+	txDone := tx.Done()
+	var byed <-chan struct{} // the caller's BYE, once answered
+	for {
+		select {
+		case <-cancelled: // the caller hung up (the transaction layer answered 200 and 487)
+			m.abandon(c, "caller hung up while waiting")
+			return
+		case <-txDone: // the transaction ended otherwise (transport failure)
+			m.abandon(c, "caller transaction ended")
+			return
+		case <-byed: // the caller hung up while re-queued after a transfer
+			m.abandon(c, "caller hung up while waiting")
+			return
+		case state := <-c.ended: // max wait, cancelled through the API, a direct offer not taken
+			c.mu.Lock()
+			answered := c.answered
+			c.mu.Unlock()
+			if answered {
+				m.bye(c.a.Bye)
+			} else {
+				_ = c.a.Respond(480, "Temporarily Unavailable ("+state+")", nil)
+			}
+			m.forget(c)
+			return
+		case br := <-c.bridged: // the agent answered
+			if !m.connect(c, br) {
+				return
+			}
+			m.endInviting(c.mergeKey)
+			cancelled, txDone, byed = nil, nil, c.a.Context().Done()
+			if !m.talk(c, br) {
+				return
+			}
+		}
 	}
+}
+
+// connect bridges the caller with the agent leg that answered, continuing the
+// caller's RTP stream, and answers the caller (first time) with the SDP it
+// already has. It reports false when the call ended instead.
+func (m *calls) connect(c *call, br bridge) bool {
+	c.mu.Lock()
+	cont := c.haltMoHLocked()
+	timeout := make(chan struct{})
+	var once sync.Once
+	relay, err := media.NewRelay(media.RelayParams{
+		Caller:    media.Leg{Conn: c.callerRx, Peer: net.UDPAddrFromAddrPort(c.offer.Addr), TelephoneEvent: c.offer.TelephoneEvent},
+		Agent:     media.Leg{Conn: br.rx, Peer: net.UDPAddrFromAddrPort(br.remote.Addr), TelephoneEvent: br.remote.TelephoneEvent},
+		ToCaller:  &cont,
+		Timeout:   m.rtpTimeout,
+		OnTimeout: func() { once.Do(func() { close(timeout) }) },
+	})
+	answered := c.answered
+	if err == nil {
+		ctx, stop := context.WithCancel(context.Background())
+		c.relay, c.stopRelay, c.timeout = relay, stop, timeout
+		c.connected, c.answered, c.agentHold = true, true, false
+		go func() { _ = relay.Run(ctx) }()
+	}
+	c.mu.Unlock()
+	if err == nil && !answered {
+		err = c.a.Respond(200, "OK", c.ans.Marshal(), contentSDP())
+	}
+	if err != nil {
+		m.logger.Error("sip: bridge", "interaction", c.ix, "err", err)
+		m.hangup(c, "bridge failed")
+		return false
+	}
+	return true
+}
+
+// talk waits for the end of a bridged conversation. It reports true when the
+// agent leg was handed over by a blind transfer and the caller waits again.
+func (m *calls) talk(c *call, br bridge) bool {
+	for {
+		select {
+		case <-c.a.Context().Done(): // the caller hung up
+			m.hangup(c, "caller hung up")
+			return false
+		case <-br.b.Context().Done(): // the agent hung up
+			c.mu.Lock()
+			transferring := c.transferring
+			c.mu.Unlock()
+			if transferring && <-c.handed {
+				return true // the transfer BYE, or the agent's own after its REFER
+			}
+			m.hangup(c, "agent hung up")
+			return false
+		case ok := <-c.handed: // a transfer finished (or was refused: keep talking)
+			if ok {
+				return true
+			}
+		case <-c.timeout: // media stopped both ways
+			m.logger.Warn("sip: media stopped; ending call", "interaction", c.ix)
+			m.hangup(c, "media timeout")
+			return false
+		case <-c.ended: // ended elsewhere (agent logged out, API)
+			m.hangup(c, "ended")
+			return false
+		}
+	}
+}
+
+// hangup ends a call that was answered: BYE to both legs still up, wrap-up for
+// the agent (or abandon, if no agent holds it any more).
+func (m *calls) hangup(c *call, reason string) {
+	c.mu.Lock()
+	ag := c.agentID
+	c.mu.Unlock()
+	m.bye(c.a.Bye)
+	if _, err := m.svc.Complete(c.ix, ag); err != nil {
+		if _, err := m.svc.Abandon(c.ix, reason); err != nil && !errors.Is(err, interaction.ErrNotFound) {
+			m.logger.Warn("sip: end after hangup", "interaction", c.ix, "reason", reason, "err", err)
+		}
+	}
+	m.forget(c) // BYEs the agent leg
+}
+
+// bye sends a BYE with a bound on how long it may take.
+func (m *calls) bye(f func(context.Context) error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = f(ctx)
+}
+
+// abandon ends a call that is not connected.
+func (m *calls) abandon(c *call, reason string) {
+	if c.ix != "" {
+		if _, err := m.svc.Abandon(c.ix, reason); err != nil && !errors.Is(err, interaction.ErrNotFound) {
+			m.logger.Warn("sip: abandon", "interaction", c.ix, "err", err)
+		}
+	}
+	m.forget(c)
+}
+
+// forget releases everything the call holds: indexes, a ringing agent leg
+// (cancelled), an answered one (BYE), media.
+func (m *calls) forget(c *call) {
+	c.mu.Lock()
+	c.done = true
+	cancel, b := c.cancelB, c.b
+	c.b, c.connected = nil, false
+	m.stopMediaLocked(c)
+	c.mu.Unlock()
+	m.mu.Lock()
+	delete(m.byIx, c.ix)
+	delete(m.byA, c.a)
+	if b != nil {
+		delete(m.byB, b)
+	}
+	m.mu.Unlock()
+	m.endInviting(c.mergeKey)
+	if cancel != nil {
+		cancel()
+	}
+	if b != nil {
+		m.bye(b.Bye)
+	}
+	c.close()
+}
+
+// stopMediaLocked stops the relay and the caller's stream (c.mu held).
+func (m *calls) stopMediaLocked(c *call) {
+	if c.stopRelay != nil {
+		c.stopRelay()
+		c.relay, c.stopRelay = nil, nil
+	}
+	if c.stopMoH != nil {
+		c.stopMoH()
+		c.moh, c.stopMoH = nil, nil
+	}
+}
+
+func (c *call) close() {
+	// The relay and streams stop when their sockets close.
+	if c.callerRx != nil {
+		_ = c.callerRx.Close()
+	}
+	c.mu.Lock()
+	rx := c.bRx
+	c.bRx = nil
+	c.mu.Unlock()
+	if rx != nil {
+		_ = rx.Close()
+	}
+}
+
+// playLocked starts what the caller hears while not bridged (c.mu held): first,
+// then (if set) then in a loop; first loops when then is nil. cont continues the
+// caller's RTP identity from a relay.
+func (m *calls) playLocked(c *call, first, then *media.Clip, cont *media.Continuation) {
+	var st *media.Stream
+	p := media.StreamParams{Conn: c.callerRx, Dest: net.UDPAddrFromAddrPort(c.offer.Addr), Codec: c.codec,
+		Clip: first, Loop: then == nil, Continue: cont, Logger: m.logger}
+	if then != nil {
+		p.OnClipEnd = func(*media.Clip) { st.SetClip(then, true) }
+	}
+	st, err := media.NewStream(p)
+	if err != nil {
+		m.logger.Error("sip: caller stream", "interaction", c.ix, "err", err)
+		return
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	c.moh, c.stopMoH = st, stop
+	go func() { _ = st.Run(ctx) }()
+}
+
+// haltMoHLocked stops the caller's stream and returns where the next sender must
+// continue (c.mu held).
+func (c *call) haltMoHLocked() media.Continuation {
+	if c.moh == nil {
+		return media.Continuation{SSRC: rand.Uint32(), Seq: uint16(rand.Uint32()), Timestamp: rand.Uint32()}
+	}
+	cont := c.moh.Halt()
+	c.stopMoH()
+	c.moh, c.stopMoH = nil, nil
+	return cont
+}
+
+// holdLocked puts a bridged call on music (agent hold, or a transfer under way).
+func (m *calls) holdLocked(c *call) {
+	if c.relay == nil || c.moh != nil {
+		return
+	}
+	if cont, ok := c.relay.Hold(); ok {
+		m.playLocked(c, c.music, nil, &cont)
+	}
+}
+
+// resumeLocked bridges a held call again.
+func (m *calls) resumeLocked(c *call) {
+	if c.relay == nil || c.moh == nil {
+		return
+	}
+	c.relay.Resume(c.haltMoHLocked())
 }
 
 // closed answers a call to a closed queue: its closed announcement as early media
@@ -231,7 +539,7 @@ func (m *calls) closed(req *sip.Request, tx sip.ServerTransaction, q core.QueueI
 		reply(tx, req, 480, "Temporarily Unavailable (queue closed)")
 		return
 	}
-	conn, err := net.ListenPacket("udp", netip.AddrPortFrom(m.host, 0).String())
+	conn, err := m.listen()
 	if err != nil {
 		reply(tx, req, 480, "Temporarily Unavailable (queue closed)")
 		return
@@ -269,108 +577,6 @@ func (m *calls) closed(req *sip.Request, tx sip.ServerTransaction, q core.QueueI
 	_ = dlg.Respond(480, "Temporarily Unavailable (queue closed)", nil)
 }
 
-// connect bridges the legs and answers the caller with the SDP it already has.
-func (m *calls) connect(c *call, br bridge) {
-	seq, ts := c.moh.Next()
-	c.stopMoH()
-	relay, err := media.NewRelay(media.RelayParams{
-		Caller:   media.Leg{Conn: c.callerRx, Peer: net.UDPAddrFromAddrPort(c.offer.Addr), TelephoneEvent: c.offer.TelephoneEvent},
-		Agent:    media.Leg{Conn: c.agentRx, Peer: net.UDPAddrFromAddrPort(br.remote.Addr), TelephoneEvent: br.remote.TelephoneEvent},
-		ToCaller: &media.Continuation{SSRC: c.moh.SSRC(), Seq: seq, Timestamp: ts},
-		Timeout:  m.rtpTimeout,
-		OnTimeout: func() {
-			m.logger.Warn("sip: media stopped; ending call", "interaction", c.ix)
-			m.hangup(c, true, true)
-		},
-	})
-	if err == nil {
-		err = c.a.Respond(200, "OK", c.answer, contentSDP())
-	}
-	if err != nil {
-		m.logger.Error("sip: bridge", "interaction", c.ix, "err", err)
-		m.hangup(c, true, true)
-		return
-	}
-	rctx, stop := context.WithCancel(context.Background())
-	go func() { _ = relay.Run(rctx) }()
-	go func() {
-		// The call lasts until either dialog ends (BYE from either side).
-		select {
-		case <-c.a.Context().Done(): // the caller hung up
-			m.hangup(c, false, true)
-		case <-br.b.Context().Done(): // the agent hung up
-			m.hangup(c, true, false)
-		}
-		stop()
-	}()
-}
-
-// hangup ends a connected call: BYE to the legs still up, wrap-up for the agent.
-func (m *calls) hangup(c *call, byeCaller, byeAgent bool) {
-	c.mu.Lock()
-	b, ag, connected := c.b, c.agentID, c.connected
-	c.connected = false
-	c.mu.Unlock()
-	if !connected {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if byeCaller {
-		_ = c.a.Bye(ctx)
-	}
-	if byeAgent && b != nil {
-		_ = b.Bye(ctx)
-	}
-	if _, err := m.svc.Complete(c.ix, ag); err != nil {
-		m.logger.Warn("sip: complete after hangup", "interaction", c.ix, "err", err)
-	}
-	m.forget(c)
-}
-
-// abandon ends a call that never connected.
-func (m *calls) abandon(c *call, reason string) {
-	if c.ix != "" {
-		if _, err := m.svc.Abandon(c.ix, reason); err != nil {
-			m.logger.Warn("sip: abandon", "interaction", c.ix, "err", err)
-		}
-	}
-	m.forget(c)
-}
-
-func (m *calls) forget(c *call) {
-	m.mu.Lock()
-	delete(m.byIx, c.ix)
-	m.mu.Unlock()
-	// An agent leg still ringing is cancelled; one that answered is hung up.
-	c.mu.Lock()
-	cancel, b, connected := c.cancelB, c.b, c.connected
-	c.connected = false
-	c.mu.Unlock()
-	if cancel != nil && b == nil {
-		cancel()
-	}
-	if b != nil && connected {
-		ctx, stop := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = b.Bye(ctx)
-		stop()
-	}
-	if c.stopMoH != nil {
-		c.stopMoH()
-	}
-	c.close()
-}
-
-func (c *call) close() {
-	// The relay and stream stop when their sockets close.
-	if c.callerRx != nil {
-		_ = c.callerRx.Close()
-	}
-	if c.agentRx != nil {
-		_ = c.agentRx.Close()
-	}
-}
-
 // Deliver rings the agent's registered phone for an offered voice interaction
 // (interaction.Deliverer). It runs on its own goroutine.
 func (m *calls) Deliver(ix events.Interaction, tok agent.Token) {
@@ -378,7 +584,8 @@ func (m *calls) Deliver(ix events.Interaction, tok agent.Token) {
 	c := m.byIx[ix.ID]
 	m.mu.Unlock()
 	if c == nil {
-		_, _ = m.svc.Reject(ix.ID, tok.Agent)
+		// No call behind it any more: end it without holding the agent responsible.
+		_, _ = m.svc.Abandon(ix.ID, "call no longer exists")
 		return
 	}
 	binds := m.reg.Bindings(tok.Agent)
@@ -392,51 +599,79 @@ func (m *calls) Deliver(ix events.Interaction, tok agent.Token) {
 		_, _ = m.svc.Reject(ix.ID, tok.Agent)
 		return
 	}
+	rx, err := m.listen()
+	if err != nil {
+		m.logger.Warn("sip: no media port for the agent leg", "interaction", ix.ID, "err", err)
+		_, _ = m.svc.Reject(ix.ID, tok.Agent)
+		return
+	}
 	pref := sdp.PCMU
 	if c.codec == media.PCMA {
 		pref = sdp.PCMA
 	}
-	offer := sdp.Offer(c.agentRx.LocalAddr().(*net.UDPAddr).AddrPort(), rand.Uint64N(1<<62), pref)
+	desc := sdp.Offer(rx.LocalAddr().(*net.UDPAddr).AddrPort(), rand.Uint64N(1<<62), pref)
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	c.mu.Lock()
+	if c.done {
+		c.mu.Unlock()
+		_ = rx.Close()
+		return
+	}
 	c.tok, c.cancelB, c.agentID = tok, cancel, tok.Agent
 	c.mu.Unlock()
-	defer cancel()
-	b, err := m.dcc.Invite(ctx, uri, offer.Marshal(), contentSDP())
+	maxFwd := sip.MaxForwardsHeader(c.maxFwd)
+	b, err := m.dcc.Invite(ctx, uri, desc.Marshal(), contentSDP(), &maxFwd)
 	if err == nil {
 		err = b.WaitAnswer(ctx, sipgo.AnswerOptions{})
 	}
 	if ctx.Err() != nil {
+		_ = rx.Close()
 		return // withdrawn: sipgo sent CANCEL
 	}
 	if err != nil {
 		// Busy, declined, unreachable or no answer: a missed offer; the call keeps its place.
 		m.logger.Info("sip: agent did not answer", "agent", tok.Agent, "interaction", ix.ID, "err", err)
+		_ = rx.Close()
 		_, _ = m.svc.Reject(ix.ID, tok.Agent)
 		return
 	}
 	_ = b.Ack(ctx)
 	remote, perr := sdp.Parse(b.InviteResponse.Body())
 	if perr != nil || len(remote.Codecs) == 0 {
-		_ = b.Bye(ctx)
+		m.bye(b.Bye)
+		_ = rx.Close()
 		_, _ = m.svc.Reject(ix.ID, tok.Agent)
 		return
 	}
 	c.mu.Lock()
-	c.b, c.connected = b, true // from here a hang-up of the caller BYEs this leg
+	if c.done || c.tok != tok {
+		c.mu.Unlock()
+		m.bye(b.Bye)
+		_ = rx.Close()
+		return
+	}
+	// From here the call's end BYEs this leg.
+	c.b, c.bRx, c.bDesc = b, rx, desc
 	c.mu.Unlock()
+	m.mu.Lock()
+	m.byB[b] = c
+	m.mu.Unlock()
 	if _, err := m.svc.Accept(ix.ID, tok.Agent); err != nil {
 		// The offer ended meanwhile (caller gone, lease expired): hang up the agent.
 		c.mu.Lock()
-		c.connected = false
+		if c.b == b {
+			c.b, c.bRx = nil, nil
+		}
 		c.mu.Unlock()
-		_ = b.Bye(context.Background())
+		m.mu.Lock()
+		delete(m.byB, b)
+		m.mu.Unlock()
+		m.bye(b.Bye)
+		_ = rx.Close()
 		return
 	}
-	select {
-	case c.bridged <- bridge{b: b, agent: tok.Agent, remote: remote}:
-	default:
-	}
+	c.bridged <- bridge{b: b, rx: rx, agent: tok.Agent, remote: remote}
 }
 
 // Withdraw cancels ringing the agent (interaction.Deliverer).
@@ -449,14 +684,14 @@ func (m *calls) Withdraw(id core.InteractionID, tok agent.Token) {
 	}
 	c.mu.Lock()
 	cancel := c.cancelB
-	same := c.tok == tok && !c.connected
+	same := c.tok == tok && c.b == nil
 	c.mu.Unlock()
 	if same && cancel != nil {
 		cancel()
 	}
 }
 
-// Ended ends what is left of a call whose interaction ended elsewhere
+// Ended tells the call's goroutine that its interaction ended elsewhere
 // (interaction.Deliverer): a waiting caller gets 480, a call still up is hung up.
 func (m *calls) Ended(id core.InteractionID, state string) {
 	m.mu.Lock()
@@ -465,40 +700,10 @@ func (m *calls) Ended(id core.InteractionID, state string) {
 	if c == nil {
 		return // the SIP side ended it first
 	}
-	c.mu.Lock()
-	connected := c.connected
-	c.mu.Unlock()
-	if connected {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = c.a.Bye(ctx)
-		m.forget(c) // BYEs the agent's leg
-		return
-	}
 	select {
 	case c.ended <- state:
 	default:
 	}
-}
-
-// onAck, onBye and onCancel feed in-dialog requests to the dialog caches.
-func (m *calls) onAck(req *sip.Request, tx sip.ServerTransaction) {
-	_ = m.dsc.ReadAck(req, tx)
-}
-
-func (m *calls) onBye(req *sip.Request, tx sip.ServerTransaction) {
-	if err := m.dsc.ReadBye(req, tx); err == nil {
-		return
-	}
-	if err := m.dcc.ReadBye(req, tx); err == nil {
-		return
-	}
-	reply(tx, req, 481, "Call/Transaction Does Not Exist")
-}
-
-func (m *calls) onCancel(*sip.Request, sip.ServerTransaction) {
-	// The transaction layer already answered 200 to the CANCEL and 487 to the INVITE;
-	// onInvite sees its transaction end.
 }
 
 // mediaCodec is the media package's codec for a negotiated SDP codec.

@@ -28,7 +28,7 @@ import (
 const udpReadBuffer = 8 << 20
 
 // allowed lists the methods the node answers, for Allow headers.
-var allowed = []string{"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS"}
+var allowed = []string{"INVITE", "ACK", "BYE", "CANCEL", "REGISTER", "OPTIONS", "REFER"}
 
 // Params are the SIP edge's dependencies.
 type Params struct {
@@ -111,7 +111,7 @@ func New(p Params) (*Server, error) {
 			return nil, fmt.Errorf("sip: client: %w", err)
 		}
 		port := s.udp.LocalAddr().(*net.UDPAddr).Port
-		if s.calls, err = newCalls(p.Interactions, p.Routes, p.Sounds, s.reg, client, host, port, p.Config.RTPTimeout.D(), p.Logger); err != nil {
+		if s.calls, err = newCalls(p.Interactions, p.Routes, p.Directory, p.Sounds, s.reg, client, host, port, p.Config.RTPTimeout.D(), p.Logger); err != nil {
 			s.closeListeners()
 			return nil, err
 		}
@@ -119,6 +119,7 @@ func New(p Params) (*Server, error) {
 		s.srv.OnAck(s.calls.onAck)
 		s.srv.OnBye(s.calls.onBye)
 		s.srv.OnCancel(s.calls.onCancel)
+		s.srv.OnRefer(s.calls.onRefer)
 	}
 	return s, nil
 }

@@ -25,11 +25,16 @@ type goPhone struct {
 	media   net.PacketConn
 	offered chan sdp.Media // the node's SDP in each INVITE
 	byes    chan struct{}
+	// dialogs are the calls the phone answered; notifies the bodies of NOTIFYs it got.
+	dialogs  chan *sipgo.DialogServerSession
+	notifies chan string
+	version  uint64 // of the phone's SDP, bumped by each re-INVITE
 }
 
 func startGoPhone(t *testing.T, node string, user, pass string) *goPhone {
 	t.Helper()
-	ph := &goPhone{offered: make(chan sdp.Media, 4), byes: make(chan struct{}, 4)}
+	ph := &goPhone{offered: make(chan sdp.Media, 4), byes: make(chan struct{}, 4), dialogs: make(chan *sipgo.DialogServerSession, 4),
+		notifies: make(chan string, 4), version: 1}
 	ph.media = listenUDP(t)
 	ua, err := sipgo.NewUA(sipgo.WithUserAgent("go-phone"), sipgo.WithUserAgentHostname("127.0.0.1"))
 	if err != nil {
@@ -63,8 +68,14 @@ func startGoPhone(t *testing.T, node string, user, pass string) *goPhone {
 		if err != nil {
 			return
 		}
-		_ = dlg.Respond(200, "OK", answer, sip.NewHeader("Content-Type", "application/sdp"))
+		if dlg.Respond(200, "OK", answer, sip.NewHeader("Content-Type", "application/sdp")) == nil {
+			ph.dialogs <- dlg
+		}
 		<-tx.Done()
+	})
+	srv.OnNotify(func(req *sip.Request, tx sip.ServerTransaction) {
+		_ = tx.Respond(sip.NewResponseFromRequest(req, 200, "OK", nil))
+		ph.notifies <- string(req.Body())
 	})
 	srv.OnAck(func(req *sip.Request, tx sip.ServerTransaction) { _ = dsc.ReadAck(req, tx) })
 	srv.OnBye(func(req *sip.Request, tx sip.ServerTransaction) {

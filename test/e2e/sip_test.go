@@ -378,18 +378,26 @@ func TestCallerPastMaxWaitGets480(t *testing.T) {
 // success) once it ends.
 func annsPhone(t *testing.T, p *proc, c *client, phoneArgs ...string) <-chan string {
 	t.Helper()
-	port := freeUDPPort(t)
-	if code, out := sipp(t, "register_contact.xml", p.sipUDP, "u1", []string{"ann;[authentication username=ann password=ann-pass]"}, 1,
-		"-key", "contact_port", fmt.Sprint(port)); code != 0 {
-		t.Fatalf("register ann's phone: exit %d\n%s", code, out)
-	}
+	res := sippPhone(t, p, "ann", phoneArgs...)
 	c.loginReady("sales", 1, "ann")
+	return res
+}
+
+// sippPhone registers a phone for agent id (password id-pass) and starts sipp
+// there as a UAS with phoneArgs; the channel reports its exit.
+func sippPhone(t *testing.T, p *proc, id string, phoneArgs ...string) <-chan string {
+	t.Helper()
+	port := freeUDPPort(t)
+	if code, out := sipp(t, "register_contact.xml", p.sipUDP, "u1", []string{id + ";[authentication username=" + id + " password=" + id + "-pass]"}, 1,
+		"-key", "contact_port", fmt.Sprint(port)); code != 0 {
+		t.Fatalf("register %s's phone: exit %d\n%s", id, code, out)
+	}
 	res := make(chan string, 1)
 	go func() {
 		code, out := sipp(t, "", "", "u1", nil, 1, append(phoneArgs, "-p", fmt.Sprint(port))...)
 		res <- fmt.Sprintf("exit %d\n%s", code, out)
 	}()
-	eventually(t, 5*time.Second, "ann's phone listening", func() bool {
+	eventually(t, 5*time.Second, id+"'s phone listening", func() bool {
 		conn, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err == nil {
 			conn.Close()

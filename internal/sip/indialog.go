@@ -1,0 +1,296 @@
+package sip
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/emiago/sipgo"
+	"github.com/emiago/sipgo/sip"
+
+	"github.com/ccmesh/ccmesh/internal/agent"
+	"github.com/ccmesh/ccmesh/internal/interaction"
+	"github.com/ccmesh/ccmesh/internal/sdp"
+)
+
+// merged registers a new INVITE by its merge key (From tag, Call-ID, CSeq) and
+// reports whether another INVITE with the same key but a different branch is
+// already being handled: the same request arriving twice by different paths,
+// answered 482 (RFC 3261 §8.2.2.2). The key is released by endInviting.
+func (m *calls) merged(req *sip.Request) (key string, merged bool) {
+	from, cid, cseq, via := req.From(), req.CallID(), req.CSeq(), req.Via()
+	if from == nil || cid == nil || cseq == nil || via == nil {
+		return "", false
+	}
+	tag, _ := from.Params.Get("tag")
+	branch, _ := via.Params.Get("branch")
+	key = tag + "\x00" + cid.Value() + "\x00" + strconv.FormatUint(uint64(cseq.SeqNo), 10)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if b, ok := m.inviting[key]; ok {
+		if b != branch {
+			return "", true
+		}
+		return "", false // the same transaction (sipgo absorbs retransmissions)
+	}
+	m.inviting[key] = branch
+	return key, false
+}
+
+func (m *calls) endInviting(key string) {
+	if key == "" {
+		return
+	}
+	m.mu.Lock()
+	delete(m.inviting, key)
+	m.mu.Unlock()
+}
+
+// leg finds the call an in-dialog request belongs to: through the caller's
+// dialog (agentLeg false) or the agent's (agentLeg true).
+func (m *calls) leg(req *sip.Request) (c *call, agentLeg bool, d *sipgo.Dialog) {
+	if a, err := m.dsc.MatchDialogRequest(req); err == nil {
+		m.mu.Lock()
+		c = m.byA[a]
+		m.mu.Unlock()
+		return c, false, &a.Dialog
+	}
+	if b, err := m.dcc.MatchRequestDialog(req); err == nil {
+		m.mu.Lock()
+		c = m.byB[b]
+		m.mu.Unlock()
+		return c, true, &b.Dialog
+	}
+	return nil, false, nil
+}
+
+// reinvite answers an INVITE inside a call (RFC 3261 §14). From the agent, a
+// sendonly or inactive offer (or a null address, RFC 2543 style) is hold: the
+// caller hears music on hold from the same stream; sendrecv resumes the bridge.
+// From the caller (a session refresh, or its own hold) the node answers with the
+// SDP it gave, in the mirrored direction. A re-INVITE without SDP gets the
+// node's current SDP as the offer.
+func (m *calls) reinvite(req *sip.Request, tx sip.ServerTransaction) {
+	c, agentLeg, d := m.leg(req)
+	if c == nil {
+		reply(tx, req, 481, "Call/Transaction Does Not Exist")
+		return
+	}
+	if err := d.ReadRequest(req, tx); err != nil {
+		reply(tx, req, 500, "Server Internal Error (CSeq out of order)", sip.NewHeader("Retry-After", "1"))
+		return
+	}
+	var offer sdp.Media
+	hasOffer := len(req.Body()) > 0
+	if hasOffer {
+		var err error
+		if offer, err = sdp.Parse(req.Body()); err != nil {
+			if errors.Is(err, sdp.ErrNoAudio) {
+				reply(tx, req, 488, "Not Acceptable Here")
+			} else {
+				reply(tx, req, 400, "Bad Request (SDP)")
+			}
+			return
+		}
+	}
+	c.mu.Lock()
+	var body []byte
+	switch {
+	case agentLeg:
+		if !c.connected || c.b == nil || &c.b.Dialog != d {
+			c.mu.Unlock()
+			reply(tx, req, 481, "Call/Transaction Does Not Exist")
+			return
+		}
+		desc := c.bDesc
+		if hasOffer {
+			ans, err := sdp.Answer(offer, desc.Addr, desc.SessionID)
+			if err != nil {
+				c.mu.Unlock()
+				reply(tx, req, 488, "Not Acceptable Here")
+				return
+			}
+			ans.Version = desc.Version + 1
+			desc = ans
+			hold := offer.Direction == sdp.SendOnly || offer.Direction == sdp.Inactive || offer.Addr.Addr().IsUnspecified()
+			if hold && !c.agentHold {
+				m.holdLocked(c)
+				m.logger.Info("sip: agent put the call on hold", "interaction", c.ix, "agent", c.agentID)
+			} else if !hold && c.agentHold && !c.transferring {
+				m.resumeLocked(c)
+				m.logger.Info("sip: agent resumed the call", "interaction", c.ix, "agent", c.agentID)
+			}
+			c.agentHold = hold
+		}
+		c.bDesc = desc
+		body = desc.Marshal()
+	default:
+		desc := c.ans
+		if hasOffer {
+			if !offersCodec(offer, desc.Codecs[0]) {
+				c.mu.Unlock()
+				reply(tx, req, 488, "Not Acceptable Here", sip.NewHeader("Warning", `304 ccmesh "the call's codec must stay"`))
+				return
+			}
+			if dir := offer.Direction.Reverse(); dir != desc.Direction && !(dir == "" && desc.Direction == sdp.SendRecv) {
+				desc.Direction, desc.Version = dir, desc.Version+1
+			}
+			desc.TelephoneEvent = offer.TelephoneEvent
+		}
+		c.ans = desc
+		body = desc.Marshal()
+	}
+	c.mu.Unlock()
+	res := sip.NewResponseFromRequest(req, 200, "OK", body)
+	res.AppendHeader(sip.HeaderClone(&m.contact))
+	res.AppendHeader(contentSDP())
+	_ = tx.Respond(res)
+}
+
+func offersCodec(offer sdp.Media, c sdp.Codec) bool {
+	for _, o := range offer.Codecs {
+		if o == c {
+			return true
+		}
+	}
+	return false
+}
+
+// onRefer handles a blind transfer by the agent (RFC 3515): Refer-To names a
+// queue's route point or an agent (DN or id). The node checks the target,
+// re-routes the interaction (Service.Transfer), answers 202, reports the outcome
+// with a NOTIFY (message/sipfrag) and ends the agent's leg; the caller hears
+// music on hold meanwhile and is never re-INVITEd. A target that cannot take the
+// call is refused with a final response and the call stays with the agent.
+func (m *calls) onRefer(req *sip.Request, tx sip.ServerTransaction) {
+	c, agentLeg, d := m.leg(req)
+	switch {
+	case c == nil:
+		reply(tx, req, 481, "Call/Transaction Does Not Exist")
+		return
+	case !agentLeg:
+		reply(tx, req, 403, "Forbidden (only the agent can transfer)")
+		return
+	}
+	if err := d.ReadRequest(req, tx); err != nil {
+		reply(tx, req, 500, "Server Internal Error (CSeq out of order)", sip.NewHeader("Retry-After", "1"))
+		return
+	}
+	h := req.GetHeader("Refer-To")
+	if h == nil {
+		reply(tx, req, 400, "Bad Request (missing Refer-To)")
+		return
+	}
+	var to sip.Uri
+	v := strings.TrimSpace(h.Value())
+	if i, j := strings.IndexByte(v, '<'), strings.IndexByte(v, '>'); i >= 0 && j > i {
+		v = v[i+1 : j]
+	}
+	if err := sip.ParseUri(v, &to); err != nil {
+		reply(tx, req, 400, "Bad Request (Refer-To)")
+		return
+	}
+	dst, ok := m.resolve(to.User)
+	if !ok {
+		reply(tx, req, 404, "Not Found (transfer target)")
+		return
+	}
+	target := interaction.Target{Queue: dst.queue, Agent: dst.agent}
+
+	c.mu.Lock()
+	if !c.connected || c.b == nil || &c.b.Dialog != d || c.transferring {
+		c.mu.Unlock()
+		reply(tx, req, 491, "Request Pending")
+		return
+	}
+	c.transferring = true
+	m.holdLocked(c) // the caller hears music from now on
+	old, oldRx, ag := c.b, c.bRx, c.agentID
+	c.mu.Unlock()
+
+	_, err := m.svc.Transfer(c.ix, ag, target)
+	if err != nil {
+		c.mu.Lock()
+		c.transferring = false
+		if !c.agentHold {
+			m.resumeLocked(c)
+		}
+		c.mu.Unlock()
+		select {
+		case c.handed <- false:
+		default:
+		}
+		code, reason := 500, "Server Internal Error"
+		var deny *agent.DenyError
+		switch {
+		case errors.As(err, &deny) && (deny.Reason == agent.DenyAtCapacity || deny.Reason == agent.DenyDuplicate):
+			code, reason = 486, "Busy Here"
+		case errors.Is(err, interaction.ErrAgentUnavailable), errors.Is(err, interaction.ErrQueueClosed):
+			code, reason = 480, "Temporarily Unavailable"
+		case errors.Is(err, interaction.ErrBadRequest):
+			code, reason = 403, "Forbidden (transfer to oneself)"
+		case errors.Is(err, interaction.ErrWrongState), errors.Is(err, interaction.ErrNotYours), errors.Is(err, interaction.ErrNotFound):
+			code, reason = 481, "Call/Transaction Does Not Exist"
+		default:
+			m.logger.Error("sip: transfer", "interaction", c.ix, "err", err)
+		}
+		reply(tx, req, code, reason)
+		return
+	}
+	// The agent's leg is handed over: the caller stays on music until the next
+	// agent answers (connect continues the same RTP stream).
+	c.mu.Lock()
+	if c.stopRelay != nil {
+		c.stopRelay()
+	}
+	c.relay, c.stopRelay = nil, nil
+	if c.b == old {
+		c.b, c.bRx = nil, nil
+	}
+	c.connected, c.transferring, c.agentHold = false, false, false
+	c.mu.Unlock()
+	m.mu.Lock()
+	delete(m.byB, old)
+	m.mu.Unlock()
+	c.handed <- true
+	m.logger.Info("sip: blind transfer", "interaction", c.ix, "agent", ag, "to", target.String())
+	reply(tx, req, 202, "Accepted")
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		notify := sip.NewRequest(sip.NOTIFY, old.InviteResponse.Contact().Address)
+		notify.AppendHeader(sip.NewHeader("Event", "refer"))
+		notify.AppendHeader(sip.NewHeader("Subscription-State", "terminated;reason=noresource"))
+		notify.AppendHeader(sip.NewHeader("Content-Type", "message/sipfrag;version=2.0"))
+		notify.SetBody([]byte("SIP/2.0 200 OK\r\n"))
+		if _, err := old.Do(ctx, notify); err != nil {
+			m.logger.Debug("sip: transfer NOTIFY", "interaction", c.ix, "err", err)
+		}
+		_ = old.Bye(ctx) // unless the agent already did
+		if oldRx != nil {
+			_ = oldRx.Close()
+		}
+	}()
+}
+
+// onAck, onBye and onCancel feed in-dialog requests to the dialog caches.
+func (m *calls) onAck(req *sip.Request, tx sip.ServerTransaction) {
+	_ = m.dsc.ReadAck(req, tx) // an ACK to a re-INVITE's 200 needs nothing more
+}
+
+func (m *calls) onBye(req *sip.Request, tx sip.ServerTransaction) {
+	if err := m.dsc.ReadBye(req, tx); err == nil {
+		return
+	}
+	if err := m.dcc.ReadBye(req, tx); err == nil {
+		return
+	}
+	reply(tx, req, 481, "Call/Transaction Does Not Exist")
+}
+
+func (m *calls) onCancel(*sip.Request, sip.ServerTransaction) {
+	// The transaction layer already answered 200 to the CANCEL and 487 to the INVITE;
+	// run sees it through OnCancel.
+}
