@@ -186,4 +186,3 @@ func (s *Service) releaseQuietly(tok agent.Token, id core.InteractionID) {
 		s.logger.Warn("release unused reservation", "interaction", id, "err", err)
 	}
 }
-

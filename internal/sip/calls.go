@@ -82,10 +82,10 @@ type call struct {
 	// music is what the caller hears on hold and while re-queued.
 	music *media.Clip
 
-	bridged chan bridge        // an agent answered (Deliver → run)
-	ended   chan string        // the interaction ended elsewhere (Ended → run)
-	handed  chan bool          // a transfer finished: true = the agent leg was handed over
-	timeout chan struct{}      // the media stopped (relay → run), one per bridge
+	bridged chan bridge   // an agent answered (Deliver → run)
+	ended   chan string   // the interaction ended elsewhere (Ended → run)
+	handed  chan bool     // a transfer finished: true = the agent leg was handed over
+	timeout chan struct{} // the media stopped (relay → run), one per bridge
 	a       *sipgo.DialogServerSession
 
 	mu sync.Mutex
