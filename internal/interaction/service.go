@@ -346,6 +346,12 @@ func (s *Service) Reject(id core.InteractionID, by core.AgentID) (uint64, error)
 // Complete ends the agent's work on a connected interaction; wrap-up follows.
 // Completing again during wrap-up is a no-op.
 func (s *Service) Complete(id core.InteractionID, by core.AgentID) (uint64, error) {
+	return s.CompleteWithReason(id, by, "")
+}
+
+// CompleteWithReason is Complete recording why the conversation ended (the
+// caller hung up, the media stopped, ...) in the interaction's history.
+func (s *Service) CompleteWithReason(id core.InteractionID, by core.AgentID, reason string) (uint64, error) {
 	if s.holds(id, by, StateWrapUp) {
 		return 0, nil
 	}
@@ -354,7 +360,7 @@ func (s *Service) Complete(id core.InteractionID, by core.AgentID) (uint64, erro
 		return 0, err
 	}
 	s.mu.Lock()
-	seq, err := s.moveLocked(ix, StateWrapUp, "")
+	seq, err := s.moveLocked(ix, StateWrapUp, reason)
 	wrap := s.wrapUpLocked(ix)
 	s.mu.Unlock()
 	if err != nil {

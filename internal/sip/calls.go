@@ -28,7 +28,7 @@ type Interactions interface {
 	Direct(interaction.CreateRequest, core.AgentID) (events.Interaction, uint64, error)
 	Accept(core.InteractionID, core.AgentID) (uint64, error)
 	Reject(core.InteractionID, core.AgentID) (uint64, error)
-	Complete(core.InteractionID, core.AgentID) (uint64, error)
+	CompleteWithReason(core.InteractionID, core.AgentID, string) (uint64, error)
 	Transfer(core.InteractionID, core.AgentID, interaction.Target) (uint64, error)
 	Abandon(core.InteractionID, string) (uint64, error)
 }
@@ -403,13 +403,19 @@ func (m *calls) hangup(c *call, reason string) {
 	c.mu.Lock()
 	ag := c.agentID
 	c.mu.Unlock()
-	m.bye(c.a.Bye)
-	if _, err := m.svc.Complete(c.ix, ag); err != nil {
+	if _, err := m.svc.CompleteWithReason(c.ix, ag, reason); err != nil {
 		if _, err := m.svc.Abandon(c.ix, reason); err != nil && !errors.Is(err, interaction.ErrNotFound) {
 			m.logger.Warn("sip: end after hangup", "interaction", c.ix, "reason", reason, "err", err)
 		}
 	}
+	// Both legs at once: a caller that does not answer its BYE must not delay the agent's.
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		m.bye(c.a.Bye) // a no-op if the caller hung up
+	}()
 	m.forget(c) // BYEs the agent leg
+	<-done
 }
 
 // bye sends a BYE with a bound on how long it may take.

@@ -93,6 +93,8 @@ type configOpts struct {
 	digest string
 	// maxWait overrides the queues' max_wait (default 10m).
 	maxWait string
+	// rtpTimeout overrides sip.rtp_timeout (default 60s).
+	rtpTimeout string
 }
 
 // writeConfig writes examples/single-node.yaml with port 0, the data dir and the
@@ -122,6 +124,7 @@ func writeConfig(t *testing.T, o configOpts) string {
 		{"wrap_up: 10s", "wrap_up: " + o.wrapUp},
 		{"offer_timeout: 20s", "offer_timeout: " + o.offerTimeout},
 		{"max_wait: 10m", "max_wait: " + map[bool]string{true: "10m", false: o.maxWait}[o.maxWait == ""]},
+		{"rtp_timeout: 60s", "rtp_timeout: " + map[bool]string{true: "60s", false: o.rtpTimeout}[o.rtpTimeout == ""]},
 		{"digest_algorithms: [SHA-256, MD5]", "digest_algorithms: " + map[bool]string{true: "[SHA-256, MD5]", false: o.digest}[o.digest == ""]},
 	} {
 		if !strings.Contains(s, r.old) {

@@ -412,3 +412,36 @@ func contains(lines []string, prefix string) bool {
 	}
 	return false
 }
+
+// A bridged call whose media stops both ways for sip.rtp_timeout is ended by the
+// node (BYE to the agent's phone) and the reason is in the interaction's history.
+func TestCallEndedWhenMediaStops(t *testing.T) {
+	t.Parallel()
+	p := serve(t, writeConfig(t, configOpts{dataDir: t.TempDir(), rtpTimeout: "5s"}))
+	c := newClient(t, p.base)
+	phone := startGoPhone(t, p.sipUDP, "ann", "ann-pass")
+	c.loginReady("sales", 1, "ann")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	call := waitAnswered(ctx, t, p.sipUDP, "2001")
+	toAgent, _ := answeredBy(t, phone)
+	speak(t, phone, toAgent, call, 0x42) // media flows, then nobody sends
+	start := time.Now()
+	select {
+	case <-phone.byes:
+	case <-time.After(12 * time.Second):
+		t.Fatal("the call was not ended after the media stopped")
+	}
+	if d := time.Since(start); d < 4*time.Second {
+		t.Fatalf("ended %s after the media stopped, before the 5 s timeout", d)
+	}
+	list := decode[struct {
+		Interactions []ixBody `json:"interactions"`
+	}](t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200)).Interactions
+	if len(list) != 1 {
+		t.Fatalf("interactions: %+v", list)
+	}
+	if body := string(c.call("GET", "/api/v1/interactions/"+list[0].ID+"/events", admin(), "", 200)); !strings.Contains(body, "media timeout") {
+		t.Fatalf("no media timeout in the history:\n%s", body)
+	}
+}
