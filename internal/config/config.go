@@ -159,7 +159,24 @@ type Queue struct {
 	// Sounds are what a caller hears on a call to this queue (WAV files, 8 kHz mono:
 	// 16-bit PCM, µ-law or A-law). Empty paths use the generated defaults.
 	Sounds QueueSounds `yaml:"sounds" json:"sounds"`
+	// ClosedTarget, when set, takes this queue's new interactions while it is closed
+	// (business hours) and the target is open; otherwise callers hear the closed
+	// announcement and get 480, and API clients get 409 queue_closed.
+	ClosedTarget core.QueueID `yaml:"closed_target" json:"closed_target,omitempty"`
+	// AnswerMode is how a call waits: early_media (default: 183 with the node's
+	// SDP, the call is not answered until an agent takes it) or answer (200 at
+	// once, then the announcement and music: for trunks that drop early media).
+	AnswerMode AnswerMode `yaml:"answer_mode" json:"answer_mode"`
 }
+
+// AnswerMode is how a voice call waits in a queue.
+type AnswerMode string
+
+// Answer modes.
+const (
+	AnswerEarlyMedia AnswerMode = "early_media"
+	AnswerFirst      AnswerMode = "answer"
+)
 
 // ServiceLevel is "Target percent of interactions answered within Threshold".
 type ServiceLevel struct {

@@ -78,6 +78,9 @@ func ApplyDefaults(c *Config) {
 		if q.Name == "" {
 			q.Name = string(q.ID)
 		}
+		if q.AnswerMode == "" {
+			q.AnswerMode = AnswerEarlyMedia
+		}
 		if q.Strategy == "" {
 			q.Strategy = DefaultStrategy
 		}

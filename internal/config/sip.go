@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/tls"
 	"net"
 	"strconv"
 	"strings"
@@ -30,10 +31,21 @@ type SIPConfig struct {
 	// RTPTimeout ends a bridged call when no RTP arrived from either party for
 	// this long (default 60s).
 	RTPTimeout Duration `yaml:"rtp_timeout" json:"rtp_timeout"`
+	// ListenTLS (SIP over TLS, RFC 3261 §26) needs TLSCert and TLSKey, PEM files.
+	ListenTLS string `yaml:"listen_tls" json:"listen_tls"`
+	TLSCert   string `yaml:"tls_cert" json:"tls_cert"`
+	TLSKey    string `yaml:"tls_key" json:"tls_key"`
+	// ListenWS is SIP over WebSocket (RFC 7118), for browser phones.
+	ListenWS string `yaml:"listen_ws" json:"listen_ws"`
+	// MaxCalls bounds the calls in progress (each holds two media sockets); past
+	// it new calls get 503 with Retry-After (default 2000).
+	MaxCalls int `yaml:"max_calls" json:"max_calls"`
 }
 
 // Enabled reports whether any SIP listener is configured.
-func (s *SIPConfig) Enabled() bool { return s.ListenUDP != "" || s.ListenTCP != "" }
+func (s *SIPConfig) Enabled() bool {
+	return s.ListenUDP != "" || s.ListenTCP != "" || s.ListenTLS != "" || s.ListenWS != ""
+}
 
 // SIP defaults.
 const (
@@ -44,6 +56,7 @@ const (
 	DefaultMaxExpires     = Duration(2 * time.Hour)
 	DefaultMaxContacts    = 5
 	DefaultRTPTimeout     = Duration(60 * time.Second)
+	DefaultMaxCalls       = 2000
 )
 
 // DigestAlgorithmNames lists the supported digest algorithms.
@@ -74,6 +87,9 @@ func applySIPDefaults(s *SIPConfig) {
 	if s.RTPTimeout == 0 {
 		s.RTPTimeout = DefaultRTPTimeout
 	}
+	if s.MaxCalls == 0 {
+		s.MaxCalls = DefaultMaxCalls
+	}
 }
 
 func validateListen(p *problems, field, addr string) {
@@ -96,6 +112,27 @@ func (c *Config) validateSIP(p *problems) {
 	}
 	if s.ListenTCP != "" {
 		validateListen(p, "sip.listen_tcp", s.ListenTCP)
+	}
+	if s.ListenWS != "" {
+		validateListen(p, "sip.listen_ws", s.ListenWS)
+	}
+	if s.ListenTLS != "" {
+		validateListen(p, "sip.listen_tls", s.ListenTLS)
+		switch {
+		case s.TLSCert == "":
+			p.add("sip.tls_cert", "required with listen_tls (a PEM certificate file)")
+		case s.TLSKey == "":
+			p.add("sip.tls_key", "required with listen_tls (a PEM private key file)")
+		default:
+			if _, err := tls.LoadX509KeyPair(s.TLSCert, s.TLSKey); err != nil {
+				p.add("sip.tls_cert", "cannot load the certificate and key: %v", err)
+			}
+		}
+	} else if s.TLSCert != "" || s.TLSKey != "" {
+		p.add("sip.listen_tls", "tls_cert and tls_key are set but listen_tls is empty")
+	}
+	if s.MaxCalls < 1 || s.MaxCalls > 100000 {
+		p.add("sip.max_calls", "%d out of range 1..100000", s.MaxCalls)
 	}
 	if s.Realm == "" || strings.ContainsAny(s.Realm, "\"\\\r\n") {
 		p.add("sip.realm", "invalid realm %q (non-empty, no quotes, backslashes or line breaks)", s.Realm)

@@ -30,6 +30,14 @@ func TestSIPValidation(t *testing.T) {
 		{"max expires", func(s *SIPConfig) { s.MaxExpires, s.DefaultExpires = d(48*time.Hour), d(time.Hour) }, "sip.max_expires", `"48h" over 24h`},
 		{"max contacts", func(s *SIPConfig) { s.MaxContacts = 21 }, "sip.max_contacts", "21 out of range 1..20"},
 		{"rtp timeout", func(s *SIPConfig) { s.RTPTimeout = d(time.Second) }, "sip.rtp_timeout", `"1s" out of range 5s..1h`},
+		{"tls without cert", func(s *SIPConfig) { s.ListenTLS = "127.0.0.1:5061" }, "sip.tls_cert", "required with listen_tls"},
+		{"tls without key", func(s *SIPConfig) { s.ListenTLS, s.TLSCert = "127.0.0.1:5061", "c.pem" }, "sip.tls_key", "required with listen_tls"},
+		{"tls files missing", func(s *SIPConfig) {
+			s.ListenTLS, s.TLSCert, s.TLSKey = "127.0.0.1:5061", "/nonexistent/c.pem", "/nonexistent/k.pem"
+		}, "sip.tls_cert", "cannot load the certificate and key"},
+		{"cert without tls", func(s *SIPConfig) { s.TLSCert = "c.pem" }, "sip.listen_tls", "listen_tls is empty"},
+		{"ws address", func(s *SIPConfig) { s.ListenWS = "nohost" }, "sip.listen_ws", `invalid address "nohost"`},
+		{"max calls", func(s *SIPConfig) { s.MaxCalls = -1 }, "sip.max_calls", "-1 out of range 1..100000"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

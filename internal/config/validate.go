@@ -314,6 +314,14 @@ func (c *Config) validateQueues(p *problems, checkDN func(string, core.DN), held
 		if q.BusinessHours != nil {
 			validateHours(p, f+".business_hours", q.BusinessHours)
 		}
+		if q.ClosedTarget == q.ID {
+			p.add(f+".closed_target", "queue %q cannot be its own closed target", q.ClosedTarget)
+		} else if q.ClosedTarget != "" && !ids[q.ClosedTarget] {
+			p.add(f+".closed_target", "unknown queue %q", q.ClosedTarget)
+		}
+		if q.AnswerMode != AnswerEarlyMedia && q.AnswerMode != AnswerFirst {
+			p.add(f+".answer_mode", "unknown mode %q (want early_media or answer)", q.AnswerMode)
+		}
 		for name, path := range map[string]string{"announcement": q.Sounds.Announcement, "music": q.Sounds.Music, "closed": q.Sounds.Closed} {
 			if path == "" {
 				continue

@@ -124,3 +124,30 @@ func must2(t *testing.T) func(uint64, error) {
 		must(t, err)
 	}
 }
+
+// A closed queue with a closed target hands new interactions to the target while
+// the target is open; with no open target it refuses them.
+func TestClosedQueueTarget(t *testing.T) {
+	clk := clock.NewFake(time.Date(2026, 11, 23, 20, 0, 0, 0, time.UTC)) // a Monday, 20:00
+	day := &config.BusinessHours{TimeZone: "UTC", Open: []config.OpenWindow{{Days: []string{"mon", "tue", "wed", "thu", "fri"}, From: "09:00", To: "17:00"}}}
+	office := queue("office", 20*time.Second, 0)
+	office.BusinessHours, office.ClosedTarget = day, "night"
+	night := queue("night", 20*time.Second, 0)
+	other := queue("other", 20*time.Second, 0)
+	other.BusinessHours, other.ClosedTarget = day, "office" // office is closed too
+	st := newStack(t, clk, skilled("ann"), []config.Queue{office, night, other})
+	ix, _, err := st.s.Create(CreateRequest{Channel: core.ChannelTask, Queue: "office", Attributes: map[string]string{"k": "v"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ix.Queue != "night" || ix.Attributes["closed_queue"] != "office" || ix.Attributes["k"] != "v" {
+		t.Fatalf("created in %q with %v, want night with closed_queue=office", ix.Queue, ix.Attributes)
+	}
+	if _, _, err := st.s.Create(CreateRequest{Channel: core.ChannelTask, Queue: "other"}); !errors.Is(err, ErrQueueClosed) {
+		t.Fatalf("closed queue whose target is closed: %v", err)
+	}
+	clk.Advance(14 * time.Hour) // Tuesday 10:00: office is open again
+	if ix, _, err := st.s.Create(CreateRequest{Channel: core.ChannelTask, Queue: "office"}); err != nil || ix.Queue != "office" {
+		t.Fatalf("open office: %+v, %v", ix, err)
+	}
+}

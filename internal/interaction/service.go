@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
@@ -170,7 +171,17 @@ func (s *Service) Create(req CreateRequest) (events.Interaction, uint64, error) 
 	}
 	now := s.clock.Now()
 	if !qi.hours.IsOpen(now) {
-		return events.Interaction{}, 0, fmt.Errorf("interaction: create in %s: %w", req.Queue, ErrQueueClosed)
+		t, ok := s.queues[qi.cfg.ClosedTarget]
+		if !ok || !t.hours.IsOpen(now) {
+			return events.Interaction{}, 0, fmt.Errorf("interaction: create in %s: %w", req.Queue, ErrQueueClosed)
+		}
+		// The queue's closed target takes it; the history says where it was meant to go.
+		attrs := maps.Clone(req.Attributes)
+		if attrs == nil {
+			attrs = map[string]string{}
+		}
+		attrs["closed_queue"] = string(req.Queue)
+		req.Queue, req.Attributes, qi = qi.cfg.ClosedTarget, attrs, t
 	}
 	prio := qi.cfg.Priority
 	if req.Priority != nil {

@@ -87,22 +87,25 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 	var regs api.Registrations
 	if cfg.SIP.Enabled() {
 		routes := map[string]core.QueueID{}
-		sounds := map[core.QueueID]sip.QueueSounds{}
+		voice := map[core.QueueID]sip.QueueVoice{}
 		for _, q := range cfg.Queues {
 			routes[string(q.ID)], routes[string(q.DN)] = q.ID, q.ID
-			var qs sip.QueueSounds
-			for path, dst := range map[string]**media.Clip{q.Sounds.Announcement: &qs.Announcement, q.Sounds.Music: &qs.Music, q.Sounds.Closed: &qs.Closed} {
-				if path == "" {
+			qv := sip.QueueVoice{AnswerFirst: q.AnswerMode == config.AnswerFirst}
+			for _, s := range []struct {
+				path string
+				dst  **media.Clip
+			}{{q.Sounds.Announcement, &qv.Announcement}, {q.Sounds.Music, &qv.Music}, {q.Sounds.Closed, &qv.Closed}} {
+				if s.path == "" {
 					continue
 				}
-				if *dst, err = media.LoadWAVFile(path); err != nil {
+				if *s.dst, err = media.LoadWAVFile(s.path); err != nil {
 					st.Close()
 					return nil, fmt.Errorf("node: queue %s: %w", q.ID, err)
 				}
 			}
-			sounds[q.ID] = qs
+			voice[q.ID] = qv
 		}
-		n.sip, err = sip.New(sip.Params{Config: cfg.SIP, Directory: newDirectory(cfg.Agents), Interactions: n.ix, Routes: routes, Sounds: sounds,
+		n.sip, err = sip.New(sip.Params{Config: cfg.SIP, Directory: newDirectory(cfg.Agents), Interactions: n.ix, Routes: routes, Queues: voice,
 			Log: n.log, Clock: clk, Logger: n.logger.With("component", "sip")})
 		if err != nil {
 			st.Close()
@@ -217,7 +220,14 @@ func (n *Node) Run(ctx context.Context) error {
 	_, _ = n.log.Append(events.Event{Time: time.Now().UTC(), Type: events.TypeNode, Data: events.Node{Node: n.cfg.Node.ID, State: "started"}})
 	n.ready.Store(true)
 	udp, tcp := n.SIPAddrs()
-	n.logger.Info("ready", "http", "http://"+n.HTTPAddr(), "sip_udp", udp, "sip_tcp", tcp, "data", n.store.Path(), "agents", len(n.cfg.Agents), "queues", len(n.cfg.Queues))
+	attrs := []any{"http", "http://" + n.HTTPAddr(), "sip_udp", udp, "sip_tcp", tcp}
+	if n.sip != nil {
+		if tls, ws := n.sip.SecureAddrs(); tls != "" || ws != "" {
+			attrs = append(attrs, "sip_tls", tls, "sip_ws", ws)
+		}
+	}
+	attrs = append(attrs, "data", n.store.Path(), "agents", len(n.cfg.Agents), "queues", len(n.cfg.Queues))
+	n.logger.Info("ready", attrs...)
 
 	var runErr error
 	select {

@@ -15,6 +15,7 @@ import (
 	"github.com/emiago/sipgo/sip"
 
 	"github.com/ccmesh/ccmesh/internal/agent"
+	"github.com/ccmesh/ccmesh/internal/config"
 	"github.com/ccmesh/ccmesh/internal/core"
 	"github.com/ccmesh/ccmesh/internal/events"
 	"github.com/ccmesh/ccmesh/internal/interaction"
@@ -33,10 +34,12 @@ type Interactions interface {
 	Abandon(core.InteractionID, string) (uint64, error)
 }
 
-// QueueSounds are the clips a queue plays to callers; nil ones fall back to the
-// generated music (Music) or to nothing (Announcement, Closed).
-type QueueSounds struct {
+// QueueVoice is how a queue treats its callers: the clips it plays (nil ones fall
+// back to the generated music, or to nothing for Announcement and Closed), and
+// whether calls are answered at once rather than held in early media.
+type QueueVoice struct {
 	Announcement, Music, Closed *media.Clip
+	AnswerFirst                 bool
 }
 
 // calls is the B2BUA (ADR 0005): a caller's INVITE to a route point becomes a voice
@@ -49,7 +52,7 @@ type calls struct {
 	svc    Interactions
 	routes map[string]core.QueueID // route-point user part (DN or queue id) → queue
 	dir    Directory               // agents by id or DN, for direct calls and transfers
-	sounds map[core.QueueID]QueueSounds
+	queues map[core.QueueID]QueueVoice
 	reg    *Registrar
 	dsc    *sipgo.DialogServerCache
 	dcc    *sipgo.DialogClientCache
@@ -58,7 +61,9 @@ type calls struct {
 	contact sip.ContactHeader
 	// rtpTimeout ends a bridged call whose media stopped both ways.
 	rtpTimeout time.Duration
-	logger     *slog.Logger
+	// maxCalls bounds the calls in progress (overload → 503).
+	maxCalls int
+	logger   *slog.Logger
 
 	// mu guards the indexes below.
 	mu   sync.Mutex
@@ -119,14 +124,34 @@ type bridge struct {
 	remote sdp.Media
 }
 
-func newCalls(svc Interactions, routes map[string]core.QueueID, dir Directory, sounds map[core.QueueID]QueueSounds, reg *Registrar, client *sipgo.Client, host string, port int, rtpTimeout time.Duration, logger *slog.Logger) (*calls, error) {
+// callsParams are newCalls' inputs.
+type callsParams struct {
+	svc        Interactions
+	routes     map[string]core.QueueID
+	dir        Directory
+	queues     map[core.QueueID]QueueVoice
+	reg        *Registrar
+	client     *sipgo.Client
+	host       string
+	port       int
+	rtpTimeout time.Duration
+	maxCalls   int
+	logger     *slog.Logger
+}
+
+func newCalls(p callsParams) (*calls, error) {
+	host := p.host
+	if p.maxCalls <= 0 {
+		p.maxCalls = config.DefaultMaxCalls
+	}
 	ip, err := netip.ParseAddr(host)
 	if err != nil {
 		return nil, fmt.Errorf("sip: media address %q: %w", host, err)
 	}
-	contact := sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "ccmesh", Host: host, Port: port}}
-	return &calls{svc: svc, routes: routes, dir: dir, sounds: sounds, reg: reg, host: ip, contact: contact, rtpTimeout: rtpTimeout, logger: logger,
-		dsc: sipgo.NewDialogServerCache(client, contact), dcc: sipgo.NewDialogClientCache(client, contact),
+	contact := sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "ccmesh", Host: host, Port: p.port}}
+	return &calls{svc: p.svc, routes: p.routes, dir: p.dir, queues: p.queues, reg: p.reg, host: ip, contact: contact,
+		rtpTimeout: p.rtpTimeout, maxCalls: p.maxCalls, logger: p.logger,
+		dsc: sipgo.NewDialogServerCache(p.client, contact), dcc: sipgo.NewDialogClientCache(p.client, contact),
 		byIx: map[core.InteractionID]*call{}, byA: map[*sipgo.DialogServerSession]*call{}, byB: map[*sipgo.DialogClientSession]*call{},
 		inviting: map[string]string{}}, nil
 }
@@ -182,6 +207,14 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		reply(tx, req, 404, "Not Found")
 		return
 	}
+	m.mu.Lock()
+	full := len(m.byIx) >= m.maxCalls
+	m.mu.Unlock()
+	if full {
+		m.endInviting(key)
+		reply(tx, req, 503, "Service Unavailable (call limit)", sip.NewHeader("Retry-After", "5"))
+		return
+	}
 	offer, err := sdp.Parse(req.Body())
 	if err == nil && len(offer.Codecs) == 0 {
 		err = sdp.ErrNoCommon
@@ -208,7 +241,7 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	c.ans, _ = sdp.Answer(offer, c.callerRx.LocalAddr().(*net.UDPAddr).AddrPort(), rand.Uint64N(1<<62))
 	c.codec = mediaCodec(c.ans.Codecs[0])
-	snd := m.sounds[dst.queue]
+	snd := m.queues[dst.queue]
 	c.music = snd.Music
 	if c.music == nil {
 		c.music = media.MusicOnHold()
@@ -266,12 +299,18 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	m.mu.Lock()
 	m.byA[c.a] = c
 	m.mu.Unlock()
-	// Early media: the caller hears the node while it waits (RFC 3960 style 183).
-	if err := c.a.Respond(183, "Session Progress", c.ans.Marshal(), contentSDP()); err != nil {
-		m.abandon(c, "183 failed")
+	// Early media: the caller hears the node while it waits (RFC 3960 style 183);
+	// or, for trunks that drop early media, the call is answered first.
+	code, reason := 183, "Session Progress"
+	if snd.AnswerFirst && dst.queue != "" {
+		code, reason = 200, "OK"
+	}
+	if err := c.a.Respond(code, reason, c.ans.Marshal(), contentSDP()); err != nil {
+		m.abandon(c, fmt.Sprintf("%d failed", code))
 		return
 	}
 	c.mu.Lock()
+	c.answered = code == 200
 	switch {
 	case dst.agent != "": // a direct call rings
 		m.playLocked(c, media.Ringback(), nil, nil)
@@ -296,6 +335,11 @@ func (m *calls) run(c *call, tx sip.ServerTransaction) {
 	}
 	txDone := tx.Done()
 	var byed <-chan struct{} // the caller's BYE, once answered
+	c.mu.Lock()
+	if c.answered { // answer mode "answer": the INVITE transaction is over
+		cancelled, txDone, byed = nil, nil, c.a.Context().Done()
+	}
+	c.mu.Unlock()
 	for {
 		select {
 		case <-cancelled: // the caller hung up (the transaction layer answered 200 and 487)
@@ -540,7 +584,7 @@ func (m *calls) resumeLocked(c *call) {
 // closed answers a call to a closed queue: its closed announcement as early media
 // (if it has one), then 480.
 func (m *calls) closed(req *sip.Request, tx sip.ServerTransaction, q core.QueueID, offer sdp.Media) {
-	clip := m.sounds[q].Closed
+	clip := m.queues[q].Closed
 	if clip == nil {
 		reply(tx, req, 480, "Temporarily Unavailable (queue closed)")
 		return

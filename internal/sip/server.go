@@ -1,4 +1,4 @@
-// Package sip is the SIP edge of a node, on sipgo: UDP and TCP listeners, protocol
+// Package sip is the SIP edge of a node, on sipgo: UDP, TCP, TLS and WebSocket listeners, protocol
 // hygiene (OPTIONS keepalives, 405 with Allow), and the registrar of agents' phones
 // with digest authentication. Errors become SIP statuses here and nowhere else.
 package sip
@@ -6,6 +6,7 @@ package sip
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -38,8 +39,8 @@ type Params struct {
 	// DN or id) becomes a voice interaction. Without them INVITE gets 405.
 	Interactions Interactions
 	Routes       map[string]core.QueueID
-	// Sounds are the queues' clips (announcement, music, closed announcement).
-	Sounds map[core.QueueID]QueueSounds
+	// Queues are the queues' sounds and answer modes.
+	Queues map[core.QueueID]QueueVoice
 	Log    *events.Log
 	Clock  clock.Clock
 	Logger *slog.Logger
@@ -51,6 +52,8 @@ type Server struct {
 	srv    *sipgo.Server
 	udp    net.PacketConn
 	tcp    net.Listener
+	tls    net.Listener // wraps a TCP listener
+	ws     net.Listener
 	reg    *Registrar
 	calls  *calls // nil without Interactions
 	parser *sip.Parser
@@ -65,7 +68,7 @@ func New(p Params) (*Server, error) {
 		return nil, err
 	}
 	host := "127.0.0.1"
-	for _, addr := range []string{p.Config.ListenUDP, p.Config.ListenTCP} {
+	for _, addr := range []string{p.Config.ListenUDP, p.Config.ListenTCP, p.Config.ListenTLS, p.Config.ListenWS} {
 		if h, _, err := net.SplitHostPort(addr); err == nil && h != "" {
 			host = h
 			break
@@ -83,13 +86,27 @@ func New(p Params) (*Server, error) {
 		}
 		s.udp = pc
 	}
-	if p.Config.ListenTCP != "" {
-		ln, err := net.Listen("tcp", p.Config.ListenTCP)
+	for _, l := range []struct {
+		name, addr string
+		dst        *net.Listener
+	}{{"tcp", p.Config.ListenTCP, &s.tcp}, {"tls", p.Config.ListenTLS, &s.tls}, {"ws", p.Config.ListenWS, &s.ws}} {
+		if l.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.addr)
 		if err != nil {
 			s.closeListeners()
-			return nil, fmt.Errorf("sip: listen tcp %s: %w", p.Config.ListenTCP, err)
+			return nil, fmt.Errorf("sip: listen %s %s: %w", l.name, l.addr, err)
 		}
-		s.tcp = ln
+		*l.dst = ln
+	}
+	if s.tls != nil {
+		cert, err := tls.LoadX509KeyPair(p.Config.TLSCert, p.Config.TLSKey)
+		if err != nil {
+			s.closeListeners()
+			return nil, fmt.Errorf("sip: tls certificate: %w", err)
+		}
+		s.tls = tls.NewListener(s.tls, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 	}
 	s.parser = sip.NewParser()
 	if s.ua, err = sipgo.NewUA(sipgo.WithUserAgent("ccmesh"), sipgo.WithUserAgentHostname(host),
@@ -111,7 +128,8 @@ func New(p Params) (*Server, error) {
 			return nil, fmt.Errorf("sip: client: %w", err)
 		}
 		port := s.udp.LocalAddr().(*net.UDPAddr).Port
-		if s.calls, err = newCalls(p.Interactions, p.Routes, p.Directory, p.Sounds, s.reg, client, host, port, p.Config.RTPTimeout.D(), p.Logger); err != nil {
+		if s.calls, err = newCalls(callsParams{svc: p.Interactions, routes: p.Routes, dir: p.Directory, queues: p.Queues, reg: s.reg,
+			client: client, host: host, port: port, rtpTimeout: p.Config.RTPTimeout.D(), maxCalls: p.Config.MaxCalls, logger: p.Logger}); err != nil {
 			s.closeListeners()
 			return nil, err
 		}
@@ -159,10 +177,17 @@ func (s *Server) Addrs() (udp, tcp string) {
 	if s.udp != nil {
 		udp = s.udp.LocalAddr().String()
 	}
-	if s.tcp != nil {
-		tcp = s.tcp.Addr().String()
+	return udp, addrOf(s.tcp)
+}
+
+// SecureAddrs returns the bound TLS and WebSocket addresses ("" when off).
+func (s *Server) SecureAddrs() (tls, ws string) { return addrOf(s.tls), addrOf(s.ws) }
+
+func addrOf(l net.Listener) string {
+	if l == nil {
+		return ""
 	}
-	return udp, tcp
+	return l.Addr().String()
 }
 
 // Run serves until ctx ends.
@@ -173,6 +198,12 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	if s.tcp != nil {
 		g.Go(func() error { return ignoreClosed(s.srv.ServeTCP(s.tcp)) })
+	}
+	if s.tls != nil {
+		g.Go(func() error { return ignoreClosed(s.srv.ServeTLS(s.tls)) })
+	}
+	if s.ws != nil {
+		g.Go(func() error { return ignoreClosed(s.srv.ServeWS(s.ws)) })
 	}
 	g.Go(func() error { return s.reg.run(gctx) })
 	g.Go(func() error {
@@ -193,8 +224,10 @@ func (s *Server) closeListeners() {
 	if s.udp != nil {
 		_ = s.udp.Close()
 	}
-	if s.tcp != nil {
-		_ = s.tcp.Close()
+	for _, l := range []net.Listener{s.tcp, s.tls, s.ws} {
+		if l != nil {
+			_ = l.Close()
+		}
 	}
 }
 

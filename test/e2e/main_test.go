@@ -95,6 +95,10 @@ type configOpts struct {
 	maxWait string
 	// rtpTimeout overrides sip.rtp_timeout (default 60s).
 	rtpTimeout string
+	// sipExtra is appended to the sip section (indented two spaces per key).
+	sipExtra string
+	// queueExtra is appended to the sales queue's settings.
+	queueExtra string
 }
 
 // writeConfig writes examples/single-node.yaml with port 0, the data dir and the
@@ -124,7 +128,8 @@ func writeConfig(t *testing.T, o configOpts) string {
 		{"wrap_up: 10s", "wrap_up: " + o.wrapUp},
 		{"offer_timeout: 20s", "offer_timeout: " + o.offerTimeout},
 		{"max_wait: 10m", "max_wait: " + map[bool]string{true: "10m", false: o.maxWait}[o.maxWait == ""]},
-		{"rtp_timeout: 60s", "rtp_timeout: " + map[bool]string{true: "60s", false: o.rtpTimeout}[o.rtpTimeout == ""]},
+		{"rtp_timeout: 60s", "rtp_timeout: " + map[bool]string{true: "60s", false: o.rtpTimeout}[o.rtpTimeout == ""] + o.sipExtra},
+		{"    dn: \"2001\"\n", "    dn: \"2001\"\n" + o.queueExtra},
 		{"digest_algorithms: [SHA-256, MD5]", "digest_algorithms: " + map[bool]string{true: "[SHA-256, MD5]", false: o.digest}[o.digest == ""]},
 	} {
 		if !strings.Contains(s, r.old) {
@@ -151,7 +156,9 @@ type proc struct {
 	base string // http://127.0.0.1:PORT, from the "ready" log line
 	// sipUDP and sipTCP are the SIP listeners' host:port from the same line.
 	sipUDP, sipTCP string
-	done           chan struct{}
+	// sipTLS and sipWS are set when the config enables them.
+	sipTLS, sipWS string
+	done          chan struct{}
 
 	// mu guards lines.
 	mu    sync.Mutex
@@ -161,6 +168,7 @@ type proc struct {
 var (
 	readyRE = regexp.MustCompile(`msg=ready .*\bhttp=(http://[0-9.]+:[0-9]+)`)
 	sipRE   = regexp.MustCompile(`\bsip_udp=([0-9.]+:[0-9]+) sip_tcp=([0-9.]+:[0-9]+)`)
+	tlsRE   = regexp.MustCompile(`\bsip_tls=([0-9.]+:[0-9]+) sip_ws=([0-9.]+:[0-9]+)`)
 )
 
 // serve starts `ccmesh serve --config cfg` and waits for its "ready" log line.
@@ -211,6 +219,9 @@ func serve(t *testing.T, cfg string) *proc {
 	p.base = m[1]
 	if m := sipRE.FindStringSubmatch(line); m != nil {
 		p.sipUDP, p.sipTCP = m[1], m[2]
+	}
+	if m := tlsRE.FindStringSubmatch(line); m != nil {
+		p.sipTLS, p.sipWS = m[1], m[2]
 	}
 	return p
 }
