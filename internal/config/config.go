@@ -167,7 +167,21 @@ type Queue struct {
 	// SDP, the call is not answered until an agent takes it) or answer (200 at
 	// once, then the announcement and music: for trunks that drop early media).
 	AnswerMode AnswerMode `yaml:"answer_mode" json:"answer_mode"`
+	// Media is where a call's RTP flows: anchored (default: through the node, which
+	// plays announcements and music and relays the conversation) or direct
+	// (signalling only: the caller's SDP goes to the agent and the agent's back;
+	// callers wait hearing ringing, and hold music and transfers are not offered).
+	Media MediaMode `yaml:"media" json:"media"`
 }
+
+// MediaMode is where a queue's call media flows.
+type MediaMode string
+
+// Media modes.
+const (
+	MediaAnchored MediaMode = "anchored"
+	MediaDirect   MediaMode = "direct"
+)
 
 // AnswerMode is how a voice call waits in a queue.
 type AnswerMode string

@@ -81,6 +81,9 @@ func ApplyDefaults(c *Config) {
 		if q.AnswerMode == "" {
 			q.AnswerMode = AnswerEarlyMedia
 		}
+		if q.Media == "" {
+			q.Media = MediaAnchored
+		}
 		if q.Strategy == "" {
 			q.Strategy = DefaultStrategy
 		}

@@ -322,6 +322,12 @@ func (c *Config) validateQueues(p *problems, checkDN func(string, core.DN), held
 		if q.AnswerMode != AnswerEarlyMedia && q.AnswerMode != AnswerFirst {
 			p.add(f+".answer_mode", "unknown mode %q (want early_media or answer)", q.AnswerMode)
 		}
+		switch {
+		case q.Media != MediaAnchored && q.Media != MediaDirect:
+			p.add(f+".media", "unknown mode %q (want anchored or direct)", q.Media)
+		case q.Media == MediaDirect && q.AnswerMode == AnswerFirst:
+			p.add(f+".answer_mode", "answer needs media anchored (with media direct there is nothing to play)")
+		}
 		for name, path := range map[string]string{"announcement": q.Sounds.Announcement, "music": q.Sounds.Music, "closed": q.Sounds.Closed} {
 			if path == "" {
 				continue

@@ -89,6 +89,8 @@ func TestValidateMessages(t *testing.T) {
 		{"closed target unknown", func(c *Config) { c.Queues[0].ClosedTarget = "nope" }, "queues[0].closed_target", []string{`unknown queue "nope"`}, false},
 		{"closed target itself", func(c *Config) { c.Queues[0].ClosedTarget = "sales" }, "queues[0].closed_target", []string{`"sales" cannot be its own closed target`}, false},
 		{"answer mode", func(c *Config) { c.Queues[0].AnswerMode = "ring" }, "queues[0].answer_mode", []string{`unknown mode "ring"`}, false},
+		{"media mode", func(c *Config) { c.Queues[0].Media = "p2p" }, "queues[0].media", []string{`unknown mode "p2p"`}, false},
+		{"answer with direct media", func(c *Config) { c.Queues[0].Media, c.Queues[0].AnswerMode = "direct", "answer" }, "queues[0].answer_mode", []string{"answer needs media anchored"}, false},
 		{"overflow to itself", func(c *Config) { c.Queues[0].Overflow[1].AddQueues[0] = "sales" }, "queues[0].overflow[1].add_queues[0]", []string{`"sales" cannot overflow to itself`}, false},
 		{"overflow step does nothing", func(c *Config) { c.Queues[0].Overflow[0].Relax = 0 }, "queues[0].overflow[0]", []string{`after "1m" does nothing`}, false},
 		{"wrap up", func(c *Config) { c.Queues[0].WrapUp = ptr(sec(-1)) }, "queues[0].wrap_up", []string{`must be >= 0, got "-1s"`}, false},

@@ -90,7 +90,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 		voice := map[core.QueueID]sip.QueueVoice{}
 		for _, q := range cfg.Queues {
 			routes[string(q.ID)], routes[string(q.DN)] = q.ID, q.ID
-			qv := sip.QueueVoice{AnswerFirst: q.AnswerMode == config.AnswerFirst}
+			qv := sip.QueueVoice{AnswerFirst: q.AnswerMode == config.AnswerFirst, Direct: q.Media == config.MediaDirect}
 			for _, s := range []struct {
 				path string
 				dst  **media.Clip

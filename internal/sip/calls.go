@@ -40,6 +40,9 @@ type Interactions interface {
 type QueueVoice struct {
 	Announcement, Music, Closed *media.Clip
 	AnswerFirst                 bool
+	// Direct: signalling only; the parties' SDP pass through and RTP flows
+	// between them (no music, hold or transfer).
+	Direct bool
 }
 
 // calls is the B2BUA (ADR 0005): a caller's INVITE to a route point becomes a voice
@@ -86,6 +89,10 @@ type call struct {
 	mergeKey string
 	// music is what the caller hears on hold and while re-queued.
 	music *media.Clip
+	// direct: media flows between the parties; offerBody is the caller's SDP,
+	// passed to the agent.
+	direct    bool
+	offerBody []byte
 
 	bridged chan bridge   // an agent answered (Deliver → run)
 	ended   chan string   // the interaction ended elsewhere (Ended → run)
@@ -107,6 +114,8 @@ type call struct {
 	b     *sipgo.DialogClientSession
 	bRx   net.PacketConn
 	bDesc sdp.Description // the node's SDP on b
+	// agentBody is the agent's SDP answer, the caller's answer with direct media.
+	agentBody []byte
 	// connected: the legs are bridged through relay.
 	connected    bool
 	relay        *media.Relay
@@ -119,9 +128,10 @@ type call struct {
 
 type bridge struct {
 	b      *sipgo.DialogClientSession
-	rx     net.PacketConn
+	rx     net.PacketConn // nil with direct media
 	agent  core.AgentID
 	remote sdp.Media
+	body   []byte // the agent's SDP
 }
 
 // callsParams are newCalls' inputs.
@@ -215,8 +225,9 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		reply(tx, req, 503, "Service Unavailable (call limit)", sip.NewHeader("Retry-After", "5"))
 		return
 	}
+	direct := dst.queue != "" && m.queues[dst.queue].Direct
 	offer, err := sdp.Parse(req.Body())
-	if err == nil && len(offer.Codecs) == 0 {
+	if err == nil && len(offer.Codecs) == 0 && !direct { // direct media: the codecs are the parties' business
 		err = sdp.ErrNoCommon
 	}
 	switch {
@@ -229,18 +240,20 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		reply(tx, req, 400, "Bad Request (SDP)")
 		return
 	}
-	c := &call{queue: dst.queue, offer: offer, mergeKey: key, maxFwd: 69,
+	c := &call{queue: dst.queue, offer: offer, mergeKey: key, maxFwd: 69, direct: direct, offerBody: req.Body(),
 		bridged: make(chan bridge, 1), ended: make(chan string, 1), handed: make(chan bool, 1)}
 	if mf != nil {
 		c.maxFwd = uint32(*mf) - 1
 	}
-	if c.callerRx, err = m.listen(); err != nil {
-		m.endInviting(key)
-		reply(tx, req, 503, "Service Unavailable (no media port)", sip.NewHeader("Retry-After", "5"))
-		return
+	if !direct {
+		if c.callerRx, err = m.listen(); err != nil {
+			m.endInviting(key)
+			reply(tx, req, 503, "Service Unavailable (no media port)", sip.NewHeader("Retry-After", "5"))
+			return
+		}
+		c.ans, _ = sdp.Answer(offer, c.callerRx.LocalAddr().(*net.UDPAddr).AddrPort(), rand.Uint64N(1<<62))
+		c.codec = mediaCodec(c.ans.Codecs[0])
 	}
-	c.ans, _ = sdp.Answer(offer, c.callerRx.LocalAddr().(*net.UDPAddr).AddrPort(), rand.Uint64N(1<<62))
-	c.codec = mediaCodec(c.ans.Codecs[0])
 	snd := m.queues[dst.queue]
 	c.music = snd.Music
 	if c.music == nil {
@@ -301,17 +314,21 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	m.mu.Unlock()
 	// Early media: the caller hears the node while it waits (RFC 3960 style 183);
 	// or, for trunks that drop early media, the call is answered first.
-	code, reason := 183, "Session Progress"
-	if snd.AnswerFirst && dst.queue != "" {
+	code, reason, body, hdrs := 183, "Session Progress", c.ans.Marshal(), []sip.Header{contentSDP()}
+	switch {
+	case direct: // signalling only: the caller hears its own ringback
+		code, reason, body, hdrs = 180, "Ringing", nil, nil
+	case snd.AnswerFirst && dst.queue != "":
 		code, reason = 200, "OK"
 	}
-	if err := c.a.Respond(code, reason, c.ans.Marshal(), contentSDP()); err != nil {
+	if err := c.a.Respond(code, reason, body, hdrs...); err != nil {
 		m.abandon(c, fmt.Sprintf("%d failed", code))
 		return
 	}
 	c.mu.Lock()
 	c.answered = code == 200
 	switch {
+	case direct:
 	case dst.agent != "": // a direct call rings
 		m.playLocked(c, media.Ringback(), nil, nil)
 	case snd.Announcement != nil: // the queue's announcement once, then its music
@@ -379,6 +396,17 @@ func (m *calls) run(c *call, tx sip.ServerTransaction) {
 // caller's RTP stream, and answers the caller (first time) with the SDP it
 // already has. It reports false when the call ended instead.
 func (m *calls) connect(c *call, br bridge) bool {
+	if c.direct {
+		c.mu.Lock()
+		c.connected, c.answered, c.agentBody, c.timeout = true, true, br.body, nil
+		c.mu.Unlock()
+		if err := c.a.Respond(200, "OK", br.body, contentSDP()); err != nil {
+			m.logger.Error("sip: answer caller", "interaction", c.ix, "err", err)
+			m.hangup(c, "answer failed")
+			return false
+		}
+		return true
+	}
 	c.mu.Lock()
 	cont := c.haltMoHLocked()
 	timeout := make(chan struct{})
@@ -526,8 +554,13 @@ func (c *call) close() {
 	rx := c.bRx
 	c.bRx = nil
 	c.mu.Unlock()
-	if rx != nil {
-		_ = rx.Close()
+	closeConn(rx)
+}
+
+// closeConn closes a media socket that may be absent (direct media).
+func closeConn(c net.PacketConn) {
+	if c != nil {
+		_ = c.Close()
 	}
 }
 
@@ -649,48 +682,54 @@ func (m *calls) Deliver(ix events.Interaction, tok agent.Token) {
 		_, _ = m.svc.Reject(ix.ID, tok.Agent)
 		return
 	}
-	rx, err := m.listen()
-	if err != nil {
-		m.logger.Warn("sip: no media port for the agent leg", "interaction", ix.ID, "err", err)
-		_, _ = m.svc.Reject(ix.ID, tok.Agent)
-		return
+	var rx net.PacketConn
+	var desc sdp.Description
+	body := c.offerBody // direct media: the caller's own offer
+	if !c.direct {
+		var err error
+		if rx, err = m.listen(); err != nil {
+			m.logger.Warn("sip: no media port for the agent leg", "interaction", ix.ID, "err", err)
+			_, _ = m.svc.Reject(ix.ID, tok.Agent)
+			return
+		}
+		pref := sdp.PCMU
+		if c.codec == media.PCMA {
+			pref = sdp.PCMA
+		}
+		desc = sdp.Offer(rx.LocalAddr().(*net.UDPAddr).AddrPort(), rand.Uint64N(1<<62), pref)
+		body = desc.Marshal()
 	}
-	pref := sdp.PCMU
-	if c.codec == media.PCMA {
-		pref = sdp.PCMA
-	}
-	desc := sdp.Offer(rx.LocalAddr().(*net.UDPAddr).AddrPort(), rand.Uint64N(1<<62), pref)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	c.mu.Lock()
 	if c.done {
 		c.mu.Unlock()
-		_ = rx.Close()
+		closeConn(rx)
 		return
 	}
 	c.tok, c.cancelB, c.agentID = tok, cancel, tok.Agent
 	c.mu.Unlock()
 	maxFwd := sip.MaxForwardsHeader(c.maxFwd)
-	b, err := m.dcc.Invite(ctx, uri, desc.Marshal(), contentSDP(), &maxFwd)
+	b, err := m.dcc.Invite(ctx, uri, body, contentSDP(), &maxFwd)
 	if err == nil {
 		err = b.WaitAnswer(ctx, sipgo.AnswerOptions{})
 	}
 	if ctx.Err() != nil {
-		_ = rx.Close()
+		closeConn(rx)
 		return // withdrawn: sipgo sent CANCEL
 	}
 	if err != nil {
 		// Busy, declined, unreachable or no answer: a missed offer; the call keeps its place.
 		m.logger.Info("sip: agent did not answer", "agent", tok.Agent, "interaction", ix.ID, "err", err)
-		_ = rx.Close()
+		closeConn(rx)
 		_, _ = m.svc.Reject(ix.ID, tok.Agent)
 		return
 	}
 	_ = b.Ack(ctx)
 	remote, perr := sdp.Parse(b.InviteResponse.Body())
-	if perr != nil || len(remote.Codecs) == 0 {
+	if perr != nil || len(remote.Codecs) == 0 && !c.direct {
 		m.bye(b.Bye)
-		_ = rx.Close()
+		closeConn(rx)
 		_, _ = m.svc.Reject(ix.ID, tok.Agent)
 		return
 	}
@@ -698,7 +737,7 @@ func (m *calls) Deliver(ix events.Interaction, tok agent.Token) {
 	if c.done || c.tok != tok {
 		c.mu.Unlock()
 		m.bye(b.Bye)
-		_ = rx.Close()
+		closeConn(rx)
 		return
 	}
 	// From here the call's end BYEs this leg.
@@ -718,10 +757,10 @@ func (m *calls) Deliver(ix events.Interaction, tok agent.Token) {
 		delete(m.byB, b)
 		m.mu.Unlock()
 		m.bye(b.Bye)
-		_ = rx.Close()
+		closeConn(rx)
 		return
 	}
-	c.bridged <- bridge{b: b, rx: rx, agent: tok.Agent, remote: remote}
+	c.bridged <- bridge{b: b, rx: rx, agent: tok.Agent, remote: remote, body: b.InviteResponse.Body()}
 }
 
 // Withdraw cancels ringing the agent (interaction.Deliverer).

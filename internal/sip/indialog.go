@@ -98,6 +98,12 @@ func (m *calls) reinvite(req *sip.Request, tx sip.ServerTransaction) {
 	c.mu.Lock()
 	var body []byte
 	switch {
+	case c.direct && agentLeg:
+		c.mu.Unlock()
+		reply(tx, req, 488, "Not Acceptable Here (hold needs media anchored at the node)")
+		return
+	case c.direct: // a session refresh from the caller: the agent's SDP again
+		body = c.agentBody
 	case agentLeg:
 		if !c.connected || c.b == nil || &c.b.Dialog != d {
 			c.mu.Unlock()
@@ -172,6 +178,9 @@ func (m *calls) onRefer(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	case !agentLeg:
 		reply(tx, req, 403, "Forbidden (only the agent can transfer)")
+		return
+	case c.direct:
+		reply(tx, req, 403, "Forbidden (transfer needs media anchored at the node)")
 		return
 	}
 	if err := d.ReadRequest(req, tx); err != nil {

@@ -19,6 +19,7 @@ import (
 
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
+	"github.com/pion/rtp"
 
 	"github.com/ccmesh/ccmesh/internal/sdp"
 )
@@ -183,4 +184,78 @@ func TestQueueAnswerModeClosedTargetAndCallLimit(t *testing.T) {
 			t.Fatalf("call over the limit: %v, want 503", got)
 		}
 	})
+}
+
+// media: direct is signalling only: the caller waits with 180 (no SDP, no node
+// media), the agent's phone receives the caller's own offer and the caller the
+// agent's answer, so RTP flows between them; hold is refused (488).
+func TestDirectMediaPassesSDPThrough(t *testing.T) {
+	t.Parallel()
+	p := serve(t, writeConfig(t, configOpts{dataDir: t.TempDir(), queueExtra: "    media: direct\n"}))
+	c := newClient(t, p.base)
+	phone := startGoPhone(t, p.sipUDP, "ann", "ann-pass")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	callerMedia, dlg := goCall(ctx, t, p.sipUDP, "2001", sdp.PCMU, 101)
+	ringing := make(chan int, 4)
+	answered := make(chan error, 1)
+	go func() {
+		answered <- dlg.WaitAnswer(ctx, sipgo.AnswerOptions{OnResponse: func(r *sip.Response) error {
+			if r.IsProvisional() && r.StatusCode > 100 {
+				ringing <- r.StatusCode
+				if len(r.Body()) != 0 {
+					ringing <- -1
+				}
+			}
+			return nil
+		}})
+	}()
+	select {
+	case code := <-ringing:
+		if code != 180 {
+			t.Fatalf("waiting caller got %d, want 180", code)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no 180")
+	}
+	if got := tryRTP(callerMedia, 300*time.Millisecond, func(*rtp.Packet) bool { return true }); got != nil {
+		t.Fatal("the node sent media on a direct-media queue")
+	}
+	c.loginReady("sales", 1, "ann")
+	var offered sdp.Media
+	select {
+	case offered = <-phone.offered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the phone was not rung")
+	}
+	if offered.Addr != callerMedia.LocalAddr().(*net.UDPAddr).AddrPort() {
+		t.Fatalf("the agent was offered %v, want the caller's own address %v", offered.Addr, callerMedia.LocalAddr())
+	}
+	if err := <-answered; err != nil {
+		t.Fatal(err)
+	}
+	_ = dlg.Ack(ctx)
+	ans, err := sdp.Parse(dlg.InviteResponse.Body())
+	if err != nil || ans.Addr != phone.media.LocalAddr().(*net.UDPAddr).AddrPort() {
+		t.Fatalf("the caller got %v (%v), want the phone's address %v", ans.Addr, err, phone.media.LocalAddr())
+	}
+	if len(ringing) != 0 {
+		t.Fatal("a provisional response carried SDP")
+	}
+	agentDlg := <-phone.dialogs
+	req := sip.NewRequest(sip.INVITE, agentDlg.InviteRequest.Contact().Address)
+	req.SetBody(sdp.Description{Addr: phone.media.LocalAddr().(*net.UDPAddr).AddrPort(), SessionID: 9, Version: 2,
+		Codecs: []sdp.Codec{sdp.PCMU}, Direction: sdp.SendOnly}.Marshal())
+	req.AppendHeader(sip.NewHeader("Content-Type", "application/sdp"))
+	if res, err := agentDlg.Do(ctx, req); err != nil || res.StatusCode != 488 {
+		t.Fatalf("hold with direct media: %v %v, want 488", res, err)
+	}
+	if err := dlg.Bye(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-phone.byes:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the agent's phone got no BYE")
+	}
 }
