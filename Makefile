@@ -2,7 +2,7 @@
 GO ?= go
 PKGS := ./...
 
-.PHONY: all build test deps vet fmt-check fuzz bench serve clean
+.PHONY: all build test deps vet fmt-check fuzz bench bench-sip serve clean
 
 all: build
 
@@ -38,6 +38,12 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchtime 200000x ./internal/router/
 	$(GO) test -run 'TestMemoryPerIdleAgent' -v ./internal/router/
 	$(GO) test -run '^$$' -bench BenchmarkWriteBatch -benchtime 300x ./internal/store/
+
+# SIP calls side by side with the reference (Kamailio), installing sipp and
+# Kamailio when missing; ARGS passes flags, e.g. ARGS='-media anchored -targets ccmesh'.
+bench-sip:
+	@EXTRA_NEEDS="kamailio:kamailio" bash scripts/test-deps.sh
+	$(GO) run ./bench/sipbench $(ARGS)
 
 serve:
 	$(GO) run ./cmd/ccmesh serve

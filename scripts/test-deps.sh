@@ -17,6 +17,9 @@ fi
 # Debian packages the test suite drives (real peers, no mocks); more as the
 # XMPP/web issues land; each entry is "command:package".
 apt_needs=("sipp:sip-tester" "baresip:baresip")
+# `make bench-sip` adds the reference server: EXTRA_NEEDS="kamailio:kamailio".
+read -r -a extra <<<"${EXTRA_NEEDS:-}"
+apt_needs+=("${extra[@]}")
 missing=()
 for entry in "${apt_needs[@]}"; do
 	cmd=${entry%%:*}

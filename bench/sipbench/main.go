@@ -1,0 +1,654 @@
+// Command sipbench measures SIP call handling side by side: ccmesh (a queue with
+// N agents) and a reference server, Kamailio as a plain stateful proxy and
+// registrar, on the same machine in the same run.
+//
+// For each target it starts the server, registers N agents with digest
+// authentication (sipp, test/e2e/sipp/register_contact.xml) whose contacts all
+// point at one sipp UAS that answers every call, logs the agents in and makes
+// them ready (ccmesh), then drives a sipp caller (test/e2e/sipp/caller_talk.xml:
+// INVITE to the queue's number, 200, ACK, -talk ms, BYE) at increasing rates,
+// each step bounded to -step. A step passes when every call succeeded. It
+// records per step: successful and failed calls, call-setup time percentiles
+// (INVITE sent → 200 received, from sipp's -trace_rtt), the CPU (cores) and RSS
+// of the server and of both sipp processes. It prints one table per target and
+// the ratio of the highest zero-failure rates.
+//
+//	go run ./bench/sipbench                                  # both, media direct
+//	go run ./bench/sipbench -targets ccmesh -media anchored  # with RTP anchoring
+//	go run ./bench/sipbench -rates 200,400,800 -step 5s
+//
+// With Kamailio, a random registered agent takes each call (location lookup);
+// with ccmesh, the router picks the longest-idle agent, reserves it and the
+// B2BUA rings its phone; every state change is durable in SQLite before it is
+// acknowledged. Loopback only; every process started here is stopped at exit.
+// sipp and kamailio must be installed (`make bench-deps` installs them).
+package main
+
+import (
+	"bufio"
+	"context"
+	_ "embed"
+	"errors"
+	"flag"
+	"fmt"
+	"math"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"text/template"
+	"time"
+)
+
+//go:embed kamailio.cfg.tmpl
+var kamailioTemplate string
+
+var (
+	targets  = flag.String("targets", "ccmesh,kamailio", "servers to measure, in order: ccmesh, kamailio")
+	nAgents  = flag.Int("agents", 200, "agents registered (a0001.., password <id>-pass)")
+	rates    = flag.String("rates", "250,500,1000,1500,2000,2500,3000", "call rates to try, in calls/s, increasing")
+	step     = flag.Duration("step", 10*time.Second, "length of each rate step (calls = rate × step)")
+	talk     = flag.Int("talk", 0, "ms between the caller's ACK and its BYE")
+	mediaArg = flag.String("media", "direct", "ccmesh queue media: direct (signalling only) or anchored (RTP through the node)")
+	children = flag.Int("children", 8, "Kamailio UDP worker processes")
+	keepOn   = flag.Bool("keep-going", false, "try every rate even after a failing step")
+	basePort = flag.Int("port", 15300, "first of the loopback ports used (SIP, UAS, HTTP)")
+	logDir   = flag.String("dir", "", "directory for configs, logs and sipp files (default: a new temp dir)")
+)
+
+// result is one rate step.
+type result struct {
+	rate, calls, ok, failed int
+	p50, p95, p99, max      float64 // call setup, ms
+	serverCPU, serverRSS    float64 // cores, MiB
+	callerCPU, uasCPU       float64 // cores
+	elapsed                 time.Duration
+}
+
+func (r result) passed() bool { return r.failed == 0 && r.ok == r.calls }
+
+// server is a SIP server under test.
+type server interface {
+	name() string
+	start(ctx context.Context, dir string) error
+	// ready runs after the agents registered (ccmesh logs them in).
+	ready(ctx context.Context) error
+	pids() []int
+	stop()
+}
+
+func main() {
+	flag.Parse()
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "sipbench:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	for _, tool := range []string{"sipp"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s is required (apt-get install sip-tester kamailio, or make bench-deps)", tool)
+		}
+	}
+	var steps []int
+	for _, f := range strings.Split(*rates, ",") {
+		r, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || r <= 0 || r > 20000 {
+			return fmt.Errorf("-rates: bad rate %q (want 1..20000)", f)
+		}
+		steps = append(steps, r)
+	}
+	if *step < time.Second || *step > 2*time.Minute {
+		return fmt.Errorf("-step %s out of range 1s..2m", *step)
+	}
+	if *mediaArg != "direct" && *mediaArg != "anchored" {
+		return fmt.Errorf("-media %q: want direct or anchored", *mediaArg)
+	}
+	raiseFileLimit()
+	dir := *logDir
+	if dir == "" {
+		var err error
+		if dir, err = os.MkdirTemp("", "sipbench-"); err != nil {
+			return err
+		}
+	}
+	root, err := repoRoot()
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	all := map[string][]result{}
+	var order []string
+	for _, t := range strings.Split(*targets, ",") {
+		var srv server
+		switch strings.TrimSpace(t) {
+		case "ccmesh":
+			srv = &ccmesh{root: root, sipPort: *basePort, httpPort: *basePort + 2}
+		case "kamailio":
+			if _, err := exec.LookPath("kamailio"); err != nil {
+				return errors.New("kamailio is required for the reference (apt-get install kamailio, or make bench-deps)")
+			}
+			srv = &kamailio{sipPort: *basePort + 10}
+		default:
+			return fmt.Errorf("-targets: unknown %q", t)
+		}
+		res, err := measure(ctx, root, dir, srv, steps)
+		srv.stop()
+		if err != nil {
+			return fmt.Errorf("%s: %w", srv.name(), err)
+		}
+		all[srv.name()] = res
+		order = append(order, srv.name())
+	}
+	report(order, all)
+	fmt.Printf("\n(configs, logs and sipp files in %s)\n", dir)
+	return nil
+}
+
+func repoRoot() (string, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for d := wd; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d, nil
+		}
+		if filepath.Dir(d) == d {
+			return "", errors.New("run from inside the ccmesh repository")
+		}
+	}
+}
+
+// measure starts srv, registers the agents, starts the UAS and walks the rates.
+func measure(ctx context.Context, root, dir string, srv server, steps []int) ([]result, error) {
+	sdir := filepath.Join(dir, srv.name())
+	if err := os.MkdirAll(sdir, 0o755); err != nil {
+		return nil, err
+	}
+	fmt.Printf("== %s: starting\n", srv.name())
+	if err := srv.start(ctx, sdir); err != nil {
+		return nil, err
+	}
+	target := fmt.Sprintf("127.0.0.1:%d", sipPortOf(srv))
+	uasPort := *basePort + 20
+	users := filepath.Join(sdir, "users.csv")
+	var b strings.Builder
+	b.WriteString("SEQUENTIAL\n")
+	for i := range *nAgents {
+		fmt.Fprintf(&b, "%s;[authentication username=%s password=%s-pass]\n", agentID(i), agentID(i), agentID(i))
+	}
+	if err := os.WriteFile(users, []byte(b.String()), 0o644); err != nil {
+		return nil, err
+	}
+	reg := exec.CommandContext(ctx, "sipp", target, "-sf", filepath.Join(root, "test/e2e/sipp/register_contact.xml"), "-inf", users,
+		"-key", "contact_port", strconv.Itoa(uasPort), "-m", strconv.Itoa(*nAgents), "-r", "200", "-i", "127.0.0.1", "-p", "0",
+		"-nostdin", "-timeout", "60s", "-timeout_error")
+	reg.Dir = sdir
+	if out, err := reg.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("registering %d agents: %v\n%s", *nAgents, err, tail(out))
+	}
+	if err := srv.ready(ctx); err != nil {
+		return nil, err
+	}
+	uas := exec.Command("sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", strconv.Itoa(uasPort), "-nostdin", "-bg")
+	uas.Dir = sdir
+	// -bg daemonizes, prints the PID and exits 99; keep the PID to stop it.
+	out, _ := uas.CombinedOutput()
+	uasPID := parseBgPID(string(out))
+	if uasPID == 0 {
+		return nil, fmt.Errorf("starting the UAS: no PID in %q", out)
+	}
+	defer syscall.Kill(uasPID, syscall.SIGTERM)
+	time.Sleep(500 * time.Millisecond)
+
+	var res []result
+	for _, rate := range steps {
+		if ctx.Err() != nil {
+			return res, ctx.Err()
+		}
+		r, err := runStep(ctx, root, sdir, target, srv, uasPID, rate)
+		if err != nil {
+			return res, err
+		}
+		res = append(res, r)
+		fmt.Printf("   %5d calls/s: %d/%d ok, %d failed, setup p50 %.1f ms p99 %.1f ms, server %.2f cores %.0f MiB\n",
+			r.rate, r.ok, r.calls, r.failed, r.p50, r.p99, r.serverCPU, r.serverRSS)
+		if !r.passed() && !*keepOn {
+			break
+		}
+		time.Sleep(2 * time.Second) // let the previous step's calls end
+	}
+	return res, nil
+}
+
+func sipPortOf(s server) int {
+	switch v := s.(type) {
+	case *ccmesh:
+		return v.sipPort
+	case *kamailio:
+		return v.sipPort
+	}
+	return 0
+}
+
+// runStep drives one rate for -step and collects its figures.
+func runStep(ctx context.Context, root, sdir, target string, srv server, uasPID, rate int) (result, error) {
+	r := result{rate: rate, calls: rate * int(step.Seconds())}
+	dir := filepath.Join(sdir, fmt.Sprintf("rate-%d", rate))
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return r, err
+	}
+	limit := *step + 40*time.Second
+	sctx, cancel := context.WithTimeout(ctx, limit+10*time.Second)
+	defer cancel()
+	caller := exec.CommandContext(sctx, "sipp", target, "-sf", filepath.Join(root, "test/e2e/sipp/caller_talk.xml"), "-s", "20001",
+		"-r", strconv.Itoa(rate), "-m", strconv.Itoa(r.calls), "-d", strconv.Itoa(*talk), "-i", "127.0.0.1", "-p", "0", "-nostdin",
+		"-timeout", fmt.Sprintf("%ds", int(limit.Seconds())), "-default_behaviors", "all,-abortunexp",
+		"-trace_stat", "-stf", "stats.csv", "-trace_rtt", "-rtt_freq", "100", "-trace_err", "-error_file", "errors.log")
+	caller.Dir = dir
+	srvPIDs := srv.pids()
+	cpu0, uas0 := ticks(srvPIDs), ticks([]int{uasPID})
+	start := time.Now()
+	out, _ := caller.CombinedOutput()
+	r.elapsed = time.Since(start)
+	cpu1, uas1 := ticks(srvPIDs), ticks([]int{uasPID})
+	secs := r.elapsed.Seconds()
+	r.serverCPU = (cpu1 - cpu0) / secs
+	r.uasCPU = (uas1 - uas0) / secs
+	if st := caller.ProcessState; st != nil {
+		if ru, ok := st.SysUsage().(*syscall.Rusage); ok {
+			r.callerCPU = (time.Duration(ru.Utime.Nano()) + time.Duration(ru.Stime.Nano())).Seconds() / secs
+		}
+	}
+	r.serverRSS = rssMiB(srvPIDs)
+	var err error
+	if r.ok, r.failed, err = sippCounts(filepath.Join(dir, "stats.csv")); err != nil {
+		return r, fmt.Errorf("rate %d: %w\n%s", rate, err, tail(out))
+	}
+	times, _ := rtts(dir)
+	r.p50, r.p95, r.p99, r.max = pct(times, 50), pct(times, 95), pct(times, 99), pct(times, 100)
+	return r, nil
+}
+
+// sippCounts reads the cumulative successful and failed calls from the last
+// line of sipp's -trace_stat file.
+func sippCounts(path string) (ok, failed int, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, 0, fmt.Errorf("sipp statistics: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<16), 1<<20)
+	var header, last []string
+	for sc.Scan() {
+		fields := strings.Split(sc.Text(), ";")
+		if header == nil {
+			header = fields
+			continue
+		}
+		last = fields
+	}
+	col := func(name string) int {
+		i := slices.Index(header, name)
+		if i < 0 || i >= len(last) {
+			return -1
+		}
+		n, _ := strconv.Atoi(last[i])
+		return n
+	}
+	ok, failed = col("SuccessfulCall(C)"), col("FailedCall(C)")
+	if last == nil || ok < 0 || failed < 0 {
+		return 0, 0, errors.New("sipp statistics: no cumulative call counts")
+	}
+	return ok, failed, nil
+}
+
+// rtts reads the call-setup times (ms) sipp dumped with -trace_rtt.
+func rtts(dir string) ([]float64, error) {
+	files, _ := filepath.Glob(filepath.Join(dir, "*_rtt.csv"))
+	var out []float64
+	for _, name := range files {
+		data, err := os.ReadFile(name)
+		if err != nil {
+			return nil, err
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			f := strings.Split(line, ";")
+			if len(f) < 2 {
+				continue
+			}
+			if v, err := strconv.ParseFloat(f[1], 64); err == nil {
+				out = append(out, v)
+			}
+		}
+	}
+	sort.Float64s(out)
+	return out, nil
+}
+
+func pct(sorted []float64, p float64) float64 {
+	if len(sorted) == 0 {
+		return math.NaN()
+	}
+	i := int(math.Ceil(p/100*float64(len(sorted)))) - 1
+	return sorted[max(0, min(i, len(sorted)-1))]
+}
+
+// ticks sums user+system CPU seconds of pids and their children processes.
+func ticks(pids []int) float64 {
+	var total float64
+	for _, pid := range pids {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			continue
+		}
+		s := string(data)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		if len(f) > 12 {
+			u, _ := strconv.ParseFloat(f[11], 64)
+			k, _ := strconv.ParseFloat(f[12], 64)
+			total += (u + k) / 100 // USER_HZ
+		}
+	}
+	return total
+}
+
+func rssMiB(pids []int) float64 {
+	var kb float64
+	for _, pid := range pids {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			if strings.HasPrefix(line, "VmRSS:") {
+				if f := strings.Fields(line); len(f) >= 2 {
+					v, _ := strconv.ParseFloat(f[1], 64)
+					kb += v
+				}
+			}
+		}
+	}
+	return kb / 1024
+}
+
+// childrenOf lists pid and its direct children (Kamailio's workers).
+func childrenOf(pid int) []int {
+	out := []int{pid}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		n, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n))
+		if err != nil {
+			continue
+		}
+		s := string(data)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func parseBgPID(out string) int {
+	// sipp -bg prints "Background mode - PID=[12345]".
+	i := strings.Index(out, "PID=[")
+	if i < 0 {
+		return 0
+	}
+	j := strings.IndexByte(out[i:], ']')
+	if j < 0 {
+		return 0
+	}
+	pid, _ := strconv.Atoi(out[i+5 : i+j])
+	return pid
+}
+
+func agentID(i int) string { return fmt.Sprintf("a%04d", i+1) }
+
+func tail(b []byte) string {
+	s := string(b)
+	if len(s) > 2000 {
+		s = "…" + s[len(s)-2000:]
+	}
+	return s
+}
+
+func raiseFileLimit() {
+	var lim syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil && lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+}
+
+// report prints the per-target tables and the ratio of the highest passing rates.
+func report(order []string, all map[string][]result) {
+	best := map[string]int{}
+	for _, name := range order {
+		fmt.Printf("\n%s (%d agents, talk %d ms%s)\n", name, *nAgents, *talk, map[bool]string{true: ", media " + *mediaArg, false: ""}[name == "ccmesh"])
+		fmt.Printf("%8s %7s %7s %7s %8s %8s %8s %8s %9s %8s %8s %8s\n", "calls/s", "calls", "ok", "failed",
+			"p50 ms", "p95 ms", "p99 ms", "max ms", "srv cores", "srv MiB", "caller", "uas")
+		for _, r := range all[name] {
+			fmt.Printf("%8d %7d %7d %7d %8.1f %8.1f %8.1f %8.1f %9.2f %8.0f %8.2f %8.2f\n", r.rate, r.calls, r.ok, r.failed,
+				r.p50, r.p95, r.p99, r.max, r.serverCPU, r.serverRSS, r.callerCPU, r.uasCPU)
+			if r.passed() && r.rate > best[name] {
+				best[name] = r.rate
+			}
+		}
+	}
+	fmt.Println()
+	for _, name := range order {
+		fmt.Printf("highest rate with zero failed calls, %s: %d calls/s\n", name, best[name])
+	}
+	if c, k := best["ccmesh"], best["kamailio"]; c > 0 && k > 0 {
+		fmt.Printf("ratio ccmesh / kamailio: %.2f\n", float64(c)/float64(k))
+	}
+}
+
+// ccmesh is the node under test: one queue (DN 20001) with -agents agents.
+type ccmesh struct {
+	root              string
+	sipPort, httpPort int
+	cmd               *exec.Cmd
+}
+
+func (c *ccmesh) name() string { return "ccmesh" }
+
+func (c *ccmesh) start(ctx context.Context, dir string) error {
+	bin := filepath.Join(dir, "ccmesh")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/ccmesh")
+	build.Dir = c.root
+	if out, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "node:\n  id: bench-1\n  data_dir: %q\n  drain_timeout: 5s\n", filepath.Join(dir, "data"))
+	fmt.Fprintf(&b, "http:\n  listen: 127.0.0.1:%d\n", c.httpPort)
+	b.WriteString("api_tokens:\n  - {name: admin, token: ccmesh-admin-token-change-me, role: admin}\n")
+	fmt.Fprintf(&b, "sip:\n  listen_udp: 127.0.0.1:%d\n  listen_tcp: \"\"\n  digest_algorithms: [MD5]\n  max_calls: 20000\n", c.sipPort)
+	b.WriteString("agents:\n")
+	for i := range *nAgents {
+		id := agentID(i)
+		fmt.Fprintf(&b, "  - {id: %s, dn: \"1%04d\", password: %s-pass, skills: {s: 5}, capacity: {voice: 1, chat: 0, callback: 0, task: 0}}\n", id, i+1, id)
+	}
+	fmt.Fprintf(&b, "queues:\n  - {id: q1, dn: \"20001\", skills: {s: 5}, offer_timeout: 20s, wrap_up: \"0s\", media: %s}\n", *mediaArg)
+	cfg := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	logf, err := os.Create(filepath.Join(dir, "node.log"))
+	if err != nil {
+		return err
+	}
+	c.cmd = exec.Command(bin, "serve", "--config", cfg, "--log-level", "warn")
+	c.cmd.Stdout, c.cmd.Stderr = logf, logf
+	if err := c.cmd.Start(); err != nil {
+		return err
+	}
+	for i := 0; i < 100; i++ {
+		if res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", c.httpPort)); err == nil {
+			res.Body.Close()
+			if res.StatusCode == 200 {
+				return nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("the node did not get ready (log in %s)", logf.Name())
+}
+
+func (c *ccmesh) ready(ctx context.Context) error {
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
+	for i := range *nAgents {
+		id := agentID(i)
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			for _, st := range []struct{ path, body string }{{"/login", ""}, {"/state", `{"state":"ready"}`}} {
+				req, _ := http.NewRequestWithContext(ctx, "POST", fmt.Sprintf("http://127.0.0.1:%d/api/v1/agents/%s%s", c.httpPort, id, st.path), strings.NewReader(st.body))
+				req.SetBasicAuth(id, id+"-pass")
+				res, err := http.DefaultClient.Do(req)
+				if err == nil {
+					res.Body.Close()
+					if res.StatusCode != 200 {
+						err = fmt.Errorf("agent %s %s: HTTP %d", id, st.path, res.StatusCode)
+					}
+				}
+				if err != nil {
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return first
+}
+
+func (c *ccmesh) pids() []int {
+	if c.cmd == nil || c.cmd.Process == nil {
+		return nil
+	}
+	return []int{c.cmd.Process.Pid}
+}
+
+func (c *ccmesh) stop() {
+	if c.cmd != nil && c.cmd.Process != nil {
+		_ = c.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = c.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = c.cmd.Process.Kill()
+			<-done
+		}
+	}
+}
+
+// kamailio is the reference: a stateful proxy and registrar, configured from
+// kamailio.cfg.tmpl.
+type kamailio struct {
+	sipPort int
+	cmd     *exec.Cmd
+}
+
+func (k *kamailio) name() string { return "kamailio" }
+
+func (k *kamailio) start(ctx context.Context, dir string) error {
+	tmpl, err := template.New("cfg").Parse(kamailioTemplate)
+	if err != nil {
+		return err
+	}
+	users := make([]string, *nAgents)
+	for i := range users {
+		users[i] = agentID(i)
+	}
+	modPath := "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+	if m, _ := filepath.Glob("/usr/lib/*/kamailio/modules/tm.so"); len(m) > 0 {
+		modPath = filepath.Dir(m[0]) + "/"
+	}
+	cfg := filepath.Join(dir, "kamailio.cfg")
+	f, err := os.Create(cfg)
+	if err != nil {
+		return err
+	}
+	err = tmpl.Execute(f, map[string]any{"Port": k.sipPort, "Children": *children, "ModPath": modPath, "Users": users, "Queue": "20001"})
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	check := exec.CommandContext(ctx, "kamailio", "-c", "-f", cfg)
+	if out, err := check.CombinedOutput(); err != nil {
+		return fmt.Errorf("kamailio -c: %v\n%s", err, tail(out))
+	}
+	logf, err := os.Create(filepath.Join(dir, "kamailio.log"))
+	if err != nil {
+		return err
+	}
+	// -DD: stay in the foreground (workers are its children); -E: log to stderr;
+	// memory sized like a production proxy.
+	k.cmd = exec.Command("kamailio", "-DD", "-E", "-f", cfg, "-P", filepath.Join(dir, "kamailio.pid"), "-m", "256", "-M", "32", "-w", dir)
+	k.cmd.Stdout, k.cmd.Stderr = logf, logf
+	k.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := k.cmd.Start(); err != nil {
+		return err
+	}
+	time.Sleep(time.Second)
+	if k.cmd.ProcessState != nil {
+		return fmt.Errorf("kamailio exited (log in %s)", logf.Name())
+	}
+	return nil
+}
+
+func (k *kamailio) ready(context.Context) error { return nil }
+
+func (k *kamailio) pids() []int {
+	if k.cmd == nil || k.cmd.Process == nil {
+		return nil
+	}
+	return childrenOf(k.cmd.Process.Pid)
+}
+
+func (k *kamailio) stop() {
+	if k.cmd == nil || k.cmd.Process == nil {
+		return
+	}
+	// The process group we created holds Kamailio and its workers only.
+	_ = syscall.Kill(-k.cmd.Process.Pid, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = k.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(-k.cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
+}
