@@ -105,6 +105,14 @@ func (r *Relay) Hold() (next Continuation, ok bool) {
 	return next, true
 }
 
+// CallerPeer is where the caller's RTP goes: its SDP address until its first
+// packet, then the address that packet came from (symmetric RTP).
+func (r *Relay) CallerPeer() net.Addr {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.callerPeer
+}
+
 // Resume relays again after Hold, continuing the caller's stream from next (where
 // the music stopped): the agent's next packet carries next's sequence number and
 // timestamp.

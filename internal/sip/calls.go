@@ -569,7 +569,11 @@ func closeConn(c net.PacketConn) {
 // caller's RTP identity from a relay.
 func (m *calls) playLocked(c *call, first, then *media.Clip, cont *media.Continuation) {
 	var st *media.Stream
-	p := media.StreamParams{Conn: c.callerRx, Dest: net.UDPAddrFromAddrPort(c.offer.Addr), Codec: c.codec,
+	var dest net.Addr = net.UDPAddrFromAddrPort(c.offer.Addr)
+	if c.relay != nil { // after a bridge: where the caller really is (symmetric RTP)
+		dest = c.relay.CallerPeer()
+	}
+	p := media.StreamParams{Conn: c.callerRx, Dest: dest, Codec: c.codec,
 		Clip: first, Loop: then == nil, Continue: cont, Logger: m.logger}
 	if then != nil {
 		p.OnClipEnd = func(*media.Clip) { st.SetClip(then, true) }
