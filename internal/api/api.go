@@ -45,10 +45,16 @@ type Registrations interface {
 	Stats() sip.RegistrarStats
 }
 
+// Calls is the SIP edge's call counters. Safe for concurrent use.
+type Calls interface {
+	CallStats() sip.CallStats
+}
+
 // Params are the API's dependencies.
 type Params struct {
-	// Registrations is nil when the node runs without SIP.
+	// Registrations and Calls are nil when the node runs without SIP.
 	Registrations Registrations
+	Calls         Calls
 	Node          core.NodeID
 	Tokens        []config.APIToken
 	Agents        *agent.Manager

@@ -41,11 +41,13 @@ var (
 	descBindings    = prometheus.NewDesc("ccmesh_sip_registrations", "Registered contacts of agents' phones.", nil, nil)
 	descChallenges  = prometheus.NewDesc("ccmesh_sip_auth_challenges_total", "Digest challenges sent (401).", nil, nil)
 	descAuthFail    = prometheus.NewDesc("ccmesh_sip_auth_failures_total", "REGISTER requests with wrong credentials or replayed nonces.", nil, nil)
+	descCallsActive = prometheus.NewDesc("ccmesh_sip_calls_active", "Calls in progress.", nil, nil)
+	descCalls       = prometheus.NewDesc("ccmesh_sip_calls_total", "Call events since start: started, bridged (an agent leg bridged), overloaded (refused 503), hold, transfer, media_timeout.", []string{"event"}, nil)
 	descBlocked     = prometheus.NewDesc("ccmesh_sip_blocked_requests_total", "REGISTER requests refused because their source failed authentication too often.", nil, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descWaiting, descLongest, descReady, descOffered, descAnswered, descAbandoned, descSL, descAgents, descSeq, descDurable, descLiveInterax, descBindings, descChallenges, descAuthFail, descBlocked} {
+	for _, d := range []*prometheus.Desc{descWaiting, descLongest, descReady, descOffered, descAnswered, descAbandoned, descSL, descAgents, descSeq, descDurable, descLiveInterax, descBindings, descChallenges, descAuthFail, descBlocked, descCallsActive, descCalls} {
 		ch <- d
 	}
 }
@@ -79,5 +81,13 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descChallenges, prometheus.CounterValue, float64(st.Challenges))
 		ch <- prometheus.MustNewConstMetric(descAuthFail, prometheus.CounterValue, float64(st.AuthFailures))
 		ch <- prometheus.MustNewConstMetric(descBlocked, prometheus.CounterValue, float64(st.BlockedRequests))
+	}
+	if calls := c.s.p.Calls; calls != nil {
+		st := calls.CallStats()
+		ch <- prometheus.MustNewConstMetric(descCallsActive, prometheus.GaugeValue, float64(st.Active))
+		for ev, n := range map[string]uint64{"started": st.Started, "bridged": st.Bridged, "overloaded": st.Overloaded,
+			"hold": st.Holds, "transfer": st.Transfers, "media_timeout": st.MediaTimeouts} {
+			ch <- prometheus.MustNewConstMetric(descCalls, prometheus.CounterValue, float64(n), ev)
+		}
 	}
 }

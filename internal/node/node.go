@@ -116,8 +116,12 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 			n.ix.SetDeliverer(core.ChannelVoice, d)
 		}
 	}
+	var calls api.Calls
+	if n.sip != nil {
+		calls = n.sip
+	}
 	n.api = api.New(api.Params{
-		Registrations: regs,
+		Registrations: regs, Calls: calls,
 		Node:          cfg.Node.ID, Tokens: cfg.APITokens, Agents: n.agents, Interactions: n.ix, Router: n.router,
 		Store: st, Log: n.log, Logger: n.logger.With("component", "api"), Ready: n.ready.Load,
 	})

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emiago/sipgo"
@@ -68,6 +69,8 @@ type calls struct {
 	maxCalls int
 	logger   *slog.Logger
 
+	stats callCounters
+
 	// mu guards the indexes below.
 	mu   sync.Mutex
 	byIx map[core.InteractionID]*call
@@ -76,6 +79,31 @@ type calls struct {
 	// inviting maps the merge key of INVITEs whose transaction is still open to
 	// their branch, to answer merged (looped) requests 482 (RFC 3261 §8.2.2.2).
 	inviting map[string]string
+}
+
+// CallStats are the call counters since start (for metrics).
+type CallStats struct {
+	Active        int    // calls in progress
+	Started       uint64 // INVITEs that became calls
+	Bridged       uint64 // agent legs bridged (a transferred call counts again)
+	Overloaded    uint64 // refused 503 (call limit, waiting limit, draining, no media port)
+	Holds         uint64
+	Transfers     uint64
+	MediaTimeouts uint64
+}
+
+type callCounters struct {
+	started, bridged, overloaded, holds, transfers, mediaTimeouts atomic.Uint64
+}
+
+// Stats returns the call counters.
+func (m *calls) Stats() CallStats {
+	m.mu.Lock()
+	active := len(m.byIx)
+	m.mu.Unlock()
+	return CallStats{Active: active, Started: m.stats.started.Load(), Bridged: m.stats.bridged.Load(),
+		Overloaded: m.stats.overloaded.Load(), Holds: m.stats.holds.Load(), Transfers: m.stats.transfers.Load(),
+		MediaTimeouts: m.stats.mediaTimeouts.Load()}
 }
 
 // call is one caller's call.
@@ -221,6 +249,7 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	full := len(m.byIx) >= m.maxCalls
 	m.mu.Unlock()
 	if full {
+		m.stats.overloaded.Add(1)
 		m.endInviting(key)
 		reply(tx, req, 503, "Service Unavailable (call limit)", sip.NewHeader("Retry-After", "5"))
 		return
@@ -247,6 +276,7 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	}
 	if !direct {
 		if c.callerRx, err = m.listen(); err != nil {
+			m.stats.overloaded.Add(1)
 			m.endInviting(key)
 			reply(tx, req, 503, "Service Unavailable (no media port)", sip.NewHeader("Retry-After", "5"))
 			return
@@ -291,6 +321,7 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		m.closed(req, tx, dst.queue, offer)
 		return
 	case errors.Is(err, interaction.ErrBusy), errors.Is(err, interaction.ErrDraining):
+		m.stats.overloaded.Add(1)
 		reply(tx, req, 503, "Service Unavailable", sip.NewHeader("Retry-After", "30"))
 		return
 	case errors.As(err, &deny) && (deny.Reason == agent.DenyAtCapacity || deny.Reason == agent.DenyDuplicate):
@@ -312,6 +343,7 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	m.mu.Lock()
 	m.byA[c.a] = c
 	m.mu.Unlock()
+	m.stats.started.Add(1)
 	// Early media: the caller hears the node while it waits (RFC 3960 style 183);
 	// or, for trunks that drop early media, the call is answered first.
 	code, reason, body, hdrs := 183, "Session Progress", c.ans.Marshal(), []sip.Header{contentSDP()}
@@ -383,6 +415,7 @@ func (m *calls) run(c *call, tx sip.ServerTransaction) {
 			if !m.connect(c, br) {
 				return
 			}
+			m.stats.bridged.Add(1)
 			m.endInviting(c.mergeKey)
 			cancelled, txDone, byed = nil, nil, c.a.Context().Done()
 			if !m.talk(c, br) {
@@ -459,6 +492,7 @@ func (m *calls) talk(c *call, br bridge) bool {
 				return true
 			}
 		case <-c.timeout: // media stopped both ways
+			m.stats.mediaTimeouts.Add(1)
 			m.logger.Warn("sip: media stopped; ending call", "interaction", c.ix)
 			m.hangup(c, "media timeout")
 			return false

@@ -122,6 +122,7 @@ func (m *calls) reinvite(req *sip.Request, tx sip.ServerTransaction) {
 			desc = ans
 			hold := offer.Direction == sdp.SendOnly || offer.Direction == sdp.Inactive || offer.Addr.Addr().IsUnspecified()
 			if hold && !c.agentHold {
+				m.stats.holds.Add(1)
 				m.holdLocked(c)
 				m.logger.Info("sip: agent put the call on hold", "interaction", c.ix, "agent", c.agentID)
 			} else if !hold && c.agentHold && !c.transferring {
@@ -264,6 +265,7 @@ func (m *calls) onRefer(req *sip.Request, tx sip.ServerTransaction) {
 	delete(m.byB, old)
 	m.mu.Unlock()
 	c.handed <- true
+	m.stats.transfers.Add(1)
 	m.logger.Info("sip: blind transfer", "interaction", c.ix, "agent", ag, "to", target.String())
 	reply(tx, req, 202, "Accepted")
 	go func() {

@@ -169,6 +169,14 @@ func (s *Server) filter(info sip.TransportReadProps, data []byte) ([]byte, error
 	return nil, nil
 }
 
+// CallStats returns the call counters (zero when calls are off).
+func (s *Server) CallStats() CallStats {
+	if s.calls == nil {
+		return CallStats{}
+	}
+	return s.calls.Stats()
+}
+
 // Registrar returns the registrar (for the API's view of registrations).
 func (s *Server) Registrar() *Registrar { return s.reg }
 

@@ -157,6 +157,12 @@ func TestAgentHoldPlaysMusicThenResumes(t *testing.T) {
 	if back.SSRC != talk.SSRC || int16(back.SequenceNumber-music.SequenceNumber) <= 0 {
 		t.Fatalf("after resume: ssrc %x seq %d, music ssrc %x seq %d", back.SSRC, back.SequenceNumber, music.SSRC, music.SequenceNumber)
 	}
+	m := string(c.call("GET", "/metrics", nil, "", 200))
+	for _, want := range []string{`ccmesh_sip_calls_total{event="hold"} 1`, `ccmesh_sip_calls_total{event="bridged"} 1`, "ccmesh_sip_calls_active 1"} {
+		if !strings.Contains(m, want) {
+			t.Fatalf("metrics lack %s", want)
+		}
+	}
 	if err := call.caller.Bye(ctx); err != nil {
 		t.Fatal(err)
 	}
