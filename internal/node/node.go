@@ -122,7 +122,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 	}
 	n.api = api.New(api.Params{
 		Registrations: regs, Calls: calls,
-		Node:          cfg.Node.ID, Tokens: cfg.APITokens, Agents: n.agents, Interactions: n.ix, Router: n.router,
+		Node: cfg.Node.ID, Tokens: cfg.APITokens, Agents: n.agents, Interactions: n.ix, Router: n.router,
 		Store: st, Log: n.log, Logger: n.logger.With("component", "api"), Ready: n.ready.Load,
 	})
 	n.ln, err = net.Listen("tcp", cfg.HTTP.Listen)
