@@ -61,6 +61,8 @@ var (
 	keepOn   = flag.Bool("keep-going", false, "try every rate even after a failing step")
 	basePort = flag.Int("port", 15300, "first of the loopback ports used (SIP, UAS, HTTP)")
 	logDir   = flag.String("dir", "", "directory for configs, logs and sipp files (default: a new temp dir)")
+	soak     = flag.Duration("soak", 0, "instead of the ramp: one step of this length at -soak-rate, sampling the server's RSS every 30 s (at most 1h)")
+	soakRate = flag.Int("soak-rate", 500, "calls/s of the -soak run")
 )
 
 // result is one rate step.
@@ -108,6 +110,12 @@ func run() error {
 	}
 	if *step < time.Second || *step > 2*time.Minute {
 		return fmt.Errorf("-step %s out of range 1s..2m", *step)
+	}
+	if *soak != 0 {
+		if *soak < time.Minute || *soak > time.Hour || *soakRate <= 0 {
+			return fmt.Errorf("-soak %s out of range 1m..1h (or -soak-rate %d not positive)", *soak, *soakRate)
+		}
+		*step, steps, *keepOn = *soak, []int{*soakRate}, false
 	}
 	if *mediaArg != "direct" && *mediaArg != "anchored" {
 		return fmt.Errorf("-media %q: want direct or anchored", *mediaArg)
@@ -260,7 +268,28 @@ func runStep(ctx context.Context, root, sdir, target string, srv server, uasPID,
 	srvPIDs := srv.pids()
 	cpu0, uas0 := ticks(srvPIDs), ticks([]int{uasPID})
 	start := time.Now()
+	samplerDone := make(chan struct{})
+	stopSampler := make(chan struct{})
+	go func() { // the server's memory over a long step
+		defer close(samplerDone)
+		if *step < 2*time.Minute {
+			return
+		}
+		t := time.NewTicker(30 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopSampler:
+				return
+			case <-t.C:
+				fmt.Printf("   t+%3.0fs: server RSS %.0f MiB, %.2f cores so far\n", time.Since(start).Seconds(), rssMiB(srvPIDs),
+					(ticks(srvPIDs)-cpu0)/time.Since(start).Seconds())
+			}
+		}
+	}()
 	out, _ := caller.CombinedOutput()
+	close(stopSampler)
+	<-samplerDone
 	r.elapsed = time.Since(start)
 	cpu1, uas1 := ticks(srvPIDs), ticks([]int{uasPID})
 	secs := r.elapsed.Seconds()
