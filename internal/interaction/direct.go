@@ -118,12 +118,11 @@ func (s *Service) Transfer(id core.InteractionID, by core.AgentID, t Target) (ui
 	var qi queueInfo
 	var g agent.Grant
 	if t.Queue != "" {
-		var ok bool
-		if qi, ok = s.queues[t.Queue]; !ok {
+		if _, ok := s.queues[t.Queue]; !ok {
 			return 0, fmt.Errorf("interaction: transfer %s to %s: %w", id, t.Queue, ErrUnknownQueue)
 		}
-		if !qi.hours.IsOpen(s.clock.Now()) {
-			return 0, fmt.Errorf("interaction: transfer %s to %s: %w", id, t.Queue, ErrQueueClosed)
+		if t.Queue, qi, err = s.openQueue(t.Queue, s.clock.Now()); err != nil {
+			return 0, fmt.Errorf("interaction: transfer %s: %w", id, err)
 		}
 	} else {
 		s.mu.Lock()
@@ -170,7 +169,11 @@ func (s *Service) Transfer(id core.InteractionID, by core.AgentID, t Target) (ui
 	}
 	if t.Queue != "" {
 		if err := s.enqueue(ix, now); err != nil {
-			return s.fail(id, "transfer refused by queue: "+err.Error())
+			// The agent has already let go: the interaction cannot be kept.
+			if _, ferr := s.fail(id, "transfer refused by queue: "+err.Error()); ferr != nil {
+				s.logger.Warn("fail a refused transfer", "interaction", id, "err", ferr)
+			}
+			return 0, fmt.Errorf("interaction: transfer %s to %s: %w: %w", id, t.Queue, ErrBusy, err)
 		}
 		return seq, nil
 	}

@@ -170,18 +170,16 @@ func (s *Service) Create(req CreateRequest) (events.Interaction, uint64, error) 
 		return events.Interaction{}, 0, fmt.Errorf("interaction: create: %w: unknown channel %q", ErrBadRequest, req.Channel)
 	}
 	now := s.clock.Now()
-	if !qi.hours.IsOpen(now) {
-		t, ok := s.queues[qi.cfg.ClosedTarget]
-		if !ok || !t.hours.IsOpen(now) {
-			return events.Interaction{}, 0, fmt.Errorf("interaction: create in %s: %w", req.Queue, ErrQueueClosed)
-		}
+	if q, t, err := s.openQueue(req.Queue, now); err != nil {
+		return events.Interaction{}, 0, fmt.Errorf("interaction: create: %w", err)
+	} else if q != req.Queue {
 		// The queue's closed target takes it; the history says where it was meant to go.
 		attrs := maps.Clone(req.Attributes)
 		if attrs == nil {
 			attrs = map[string]string{}
 		}
 		attrs["closed_queue"] = string(req.Queue)
-		req.Queue, req.Attributes, qi = qi.cfg.ClosedTarget, attrs, t
+		req.Queue, req.Attributes, qi = q, attrs, t
 	}
 	prio := qi.cfg.Priority
 	if req.Priority != nil {
@@ -252,6 +250,19 @@ func (s *Service) Create(req CreateRequest) (events.Interaction, uint64, error) 
 	snap := ix.Interaction // the latest state, even if it already ended
 	s.mu.Unlock()
 	return snap, s.log.LastSeq(), nil
+}
+
+// openQueue returns the queue that takes a new arrival for q at now: q when it is
+// open, else its closed target when that one is open; else ErrQueueClosed.
+func (s *Service) openQueue(q core.QueueID, now time.Time) (core.QueueID, queueInfo, error) {
+	qi := s.queues[q]
+	if qi.hours.IsOpen(now) {
+		return q, qi, nil
+	}
+	if t, ok := s.queues[qi.cfg.ClosedTarget]; ok && t.hours.IsOpen(now) {
+		return qi.cfg.ClosedTarget, t, nil
+	}
+	return "", queueInfo{}, fmt.Errorf("%s: %w", q, ErrQueueClosed)
 }
 
 // enqueue hands a queued interaction to the router, then makes sure it did not end

@@ -105,6 +105,18 @@ func (r *Relay) Hold() (next Continuation, ok bool) {
 	return next, true
 }
 
+// UpdateAgent applies a new SDP from the agent (a re-INVITE): where it receives
+// RTP and its telephone-event payload type. A new address is latched again from
+// the agent's next packet.
+func (r *Relay) UpdateAgent(peer net.Addr, telephoneEvent uint8) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.p.Agent.TelephoneEvent = telephoneEvent
+	if peer != nil && peer.String() != r.agentPeer.String() {
+		r.agentPeer, r.agentLat = peer, false
+	}
+}
+
 // CallerPeer is where the caller's RTP goes: its SDP address until its first
 // packet, then the address that packet came from (symmetric RTP).
 func (r *Relay) CallerPeer() net.Addr {

@@ -79,6 +79,8 @@ type calls struct {
 	// inviting maps the merge key of INVITEs whose transaction is still open to
 	// their branch, to answer merged (looped) requests 482 (RFC 3261 §8.2.2.2).
 	inviting map[string]string
+	// acks are the re-INVITE 2xx still sent again until their ACK (respond2xx).
+	acks map[string]chan struct{}
 }
 
 // CallStats are the call counters since start (for metrics).
@@ -124,7 +126,7 @@ type call struct {
 
 	bridged chan bridge   // an agent answered (Deliver → run)
 	ended   chan string   // the interaction ended elsewhere (Ended → run)
-	handed  chan bool     // a transfer finished: true = the agent leg was handed over
+	handed  chan bool     // a transfer finished (onRefer → talk): true = the agent leg was handed over
 	timeout chan struct{} // the media stopped (relay → run), one per bridge
 	a       *sipgo.DialogServerSession
 
@@ -137,7 +139,11 @@ type call struct {
 	answered bool // the caller got the 200
 	tok      agent.Token
 	agentID  core.AgentID
-	cancelB  context.CancelFunc // stops ringing the agent of the current offer
+	// rings stops ringing, by offer: a withdrawn offer's ring is cancelled even
+	// when the next offer's Deliver already started.
+	rings map[agent.Token]context.CancelFunc
+	// callerPeer is where the caller's RTP was latched by the last relay.
+	callerPeer net.Addr
 	// b and bRx are the agent leg that answered and the socket facing it.
 	b     *sipgo.DialogClientSession
 	bRx   net.PacketConn
@@ -150,8 +156,12 @@ type call struct {
 	stopRelay    context.CancelFunc
 	moh          *media.Stream // what the caller hears when not bridged or on hold
 	stopMoH      context.CancelFunc
-	agentHold    bool // the agent put the call on hold
+	agentHold bool // the agent put the call on hold
+	// transferring: a REFER is being carried out; set by onRefer, cleared by talk
+	// when it takes the outcome from handed (so one REFER at a time, and an agent
+	// BYE meanwhile waits for the outcome).
 	transferring bool
+	bCodec       sdp.Codec // the codec of the agent leg
 }
 
 type bridge struct {
@@ -191,8 +201,12 @@ func newCalls(p callsParams) (*calls, error) {
 		rtpTimeout: p.rtpTimeout, maxCalls: p.maxCalls, logger: p.logger,
 		dsc: sipgo.NewDialogServerCache(p.client, contact), dcc: sipgo.NewDialogClientCache(p.client, contact),
 		byIx: map[core.InteractionID]*call{}, byA: map[*sipgo.DialogServerSession]*call{}, byB: map[*sipgo.DialogClientSession]*call{},
-		inviting: map[string]string{}}, nil
+		inviting: map[string]string{}, acks: map[string]chan struct{}{}}, nil
 }
+
+// maxRing bounds how long the node rings an agent's phone, whatever happens
+// (the longest offer_timeout is 10 minutes).
+const maxRing = 11 * time.Minute
 
 func contentSDP() sip.Header { return sip.NewHeader("Content-Type", "application/sdp") }
 
@@ -270,7 +284,7 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	c := &call{queue: dst.queue, offer: offer, mergeKey: key, maxFwd: 69, direct: direct, offerBody: req.Body(),
-		bridged: make(chan bridge, 1), ended: make(chan string, 1), handed: make(chan bool, 1)}
+		bridged: make(chan bridge, 1), ended: make(chan string, 1), handed: make(chan bool, 1), rings: map[agent.Token]context.CancelFunc{}}
 	if mf != nil {
 		c.maxFwd = uint32(*mf) - 1
 	}
@@ -444,23 +458,30 @@ func (m *calls) connect(c *call, br bridge) bool {
 	cont := c.haltMoHLocked()
 	timeout := make(chan struct{})
 	var once sync.Once
+	var callerPeer net.Addr = net.UDPAddrFromAddrPort(c.offer.Addr)
+	if c.callerPeer != nil { // latched by an earlier bridge (before a transfer)
+		callerPeer = c.callerPeer
+	}
 	relay, err := media.NewRelay(media.RelayParams{
-		Caller:    media.Leg{Conn: c.callerRx, Peer: net.UDPAddrFromAddrPort(c.offer.Addr), TelephoneEvent: c.offer.TelephoneEvent},
+		Caller:    media.Leg{Conn: c.callerRx, Peer: callerPeer, TelephoneEvent: c.offer.TelephoneEvent},
 		Agent:     media.Leg{Conn: br.rx, Peer: net.UDPAddrFromAddrPort(br.remote.Addr), TelephoneEvent: br.remote.TelephoneEvent},
 		ToCaller:  &cont,
 		Timeout:   m.rtpTimeout,
 		OnTimeout: func() { once.Do(func() { close(timeout) }) },
 	})
-	answered := c.answered
+	answered, ans := c.answered, c.ans.Marshal()
 	if err == nil {
 		ctx, stop := context.WithCancel(context.Background())
 		c.relay, c.stopRelay, c.timeout = relay, stop, timeout
 		c.connected, c.answered, c.agentHold = true, true, false
+		if len(br.remote.Codecs) > 0 {
+			c.bCodec = br.remote.Codecs[0]
+		}
 		go func() { _ = relay.Run(ctx) }()
 	}
 	c.mu.Unlock()
 	if err == nil && !answered {
-		err = c.a.Respond(200, "OK", c.ans.Marshal(), contentSDP())
+		err = c.a.Respond(200, "OK", ans, contentSDP())
 	}
 	if err != nil {
 		m.logger.Error("sip: bridge", "interaction", c.ix, "err", err)
@@ -482,12 +503,15 @@ func (m *calls) talk(c *call, br bridge) bool {
 			c.mu.Lock()
 			transferring := c.transferring
 			c.mu.Unlock()
-			if transferring && <-c.handed {
+			if transferring && m.transferOutcome(c) {
 				return true // the transfer BYE, or the agent's own after its REFER
 			}
 			m.hangup(c, "agent hung up")
 			return false
 		case ok := <-c.handed: // a transfer finished (or was refused: keep talking)
+			c.mu.Lock()
+			c.transferring = false
+			c.mu.Unlock()
 			if ok {
 				return true
 			}
@@ -501,6 +525,15 @@ func (m *calls) talk(c *call, br bridge) bool {
 			return false
 		}
 	}
+}
+
+// transferOutcome waits for the REFER under way to finish and takes its outcome.
+func (m *calls) transferOutcome(c *call) bool {
+	ok := <-c.handed
+	c.mu.Lock()
+	c.transferring = false
+	c.mu.Unlock()
+	return ok
 }
 
 // hangup ends a call that was answered: BYE to both legs still up, wrap-up for
@@ -546,8 +579,8 @@ func (m *calls) abandon(c *call, reason string) {
 func (m *calls) forget(c *call) {
 	c.mu.Lock()
 	c.done = true
-	cancel, b := c.cancelB, c.b
-	c.b, c.connected = nil, false
+	rings, b := c.rings, c.b
+	c.rings, c.b, c.connected = nil, nil, false
 	m.stopMediaLocked(c)
 	c.mu.Unlock()
 	m.mu.Lock()
@@ -558,11 +591,15 @@ func (m *calls) forget(c *call) {
 	}
 	m.mu.Unlock()
 	m.endInviting(c.mergeKey)
-	if cancel != nil {
+	for _, cancel := range rings {
 		cancel()
 	}
 	if b != nil {
 		m.bye(b.Bye)
+		_ = b.Close() // leaves sipgo's dialog cache
+	}
+	if c.a != nil {
+		_ = c.a.Close()
 	}
 	c.close()
 }
@@ -671,6 +708,7 @@ func (m *calls) closed(req *sip.Request, tx sip.ServerTransaction, q core.QueueI
 		reply(tx, req, 480, "Temporarily Unavailable (queue closed)")
 		return
 	}
+	defer dlg.Close()
 	ans, err := sdp.Answer(offer, conn.LocalAddr().(*net.UDPAddr).AddrPort(), rand.Uint64N(1<<62))
 	if err != nil {
 		_ = dlg.Respond(480, "Temporarily Unavailable (queue closed)", nil)
@@ -737,7 +775,8 @@ func (m *calls) Deliver(ix events.Interaction, tok agent.Token) {
 		desc = sdp.Offer(rx.LocalAddr().(*net.UDPAddr).AddrPort(), rand.Uint64N(1<<62), pref)
 		body = desc.Marshal()
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	// Bounded whatever happens; the lease's expiry withdraws the ring much sooner.
+	ctx, cancel := context.WithTimeout(context.Background(), maxRing)
 	defer cancel()
 	c.mu.Lock()
 	if c.done {
@@ -745,8 +784,14 @@ func (m *calls) Deliver(ix events.Interaction, tok agent.Token) {
 		closeConn(rx)
 		return
 	}
-	c.tok, c.cancelB, c.agentID = tok, cancel, tok.Agent
+	c.rings[tok] = cancel
+	c.tok, c.agentID = tok, tok.Agent
 	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.rings, tok)
+		c.mu.Unlock()
+	}()
 	maxFwd := sip.MaxForwardsHeader(c.maxFwd)
 	b, err := m.dcc.Invite(ctx, uri, body, contentSDP(), &maxFwd)
 	if err == nil {
@@ -754,6 +799,14 @@ func (m *calls) Deliver(ix events.Interaction, tok agent.Token) {
 	}
 	if ctx.Err() != nil {
 		closeConn(rx)
+		if b != nil && b.InviteResponse != nil && b.InviteResponse.IsSuccess() {
+			// The phone answered as the ring was withdrawn: end that call at once.
+			actx, stop := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = b.Ack(actx)
+			stop()
+			m.bye(b.Bye)
+			_ = b.Close()
+		}
 		return // withdrawn: sipgo sent CANCEL
 	}
 	if err != nil {
@@ -767,6 +820,7 @@ func (m *calls) Deliver(ix events.Interaction, tok agent.Token) {
 	remote, perr := sdp.Parse(b.InviteResponse.Body())
 	if perr != nil || len(remote.Codecs) == 0 && !c.direct {
 		m.bye(b.Bye)
+		_ = b.Close()
 		closeConn(rx)
 		_, _ = m.svc.Reject(ix.ID, tok.Agent)
 		return
@@ -775,6 +829,7 @@ func (m *calls) Deliver(ix events.Interaction, tok agent.Token) {
 	if c.done || c.tok != tok {
 		c.mu.Unlock()
 		m.bye(b.Bye)
+		_ = b.Close()
 		closeConn(rx)
 		return
 	}
@@ -795,6 +850,7 @@ func (m *calls) Deliver(ix events.Interaction, tok agent.Token) {
 		delete(m.byB, b)
 		m.mu.Unlock()
 		m.bye(b.Bye)
+		_ = b.Close()
 		closeConn(rx)
 		return
 	}
@@ -810,10 +866,9 @@ func (m *calls) Withdraw(id core.InteractionID, tok agent.Token) {
 		return
 	}
 	c.mu.Lock()
-	cancel := c.cancelB
-	same := c.tok == tok && c.b == nil
+	cancel := c.rings[tok]
 	c.mu.Unlock()
-	if same && cancel != nil {
+	if cancel != nil {
 		cancel()
 	}
 }

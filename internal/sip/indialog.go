@@ -3,6 +3,7 @@ package sip
 import (
 	"context"
 	"errors"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -102,6 +103,11 @@ func (m *calls) reinvite(req *sip.Request, tx sip.ServerTransaction) {
 		c.mu.Unlock()
 		reply(tx, req, 488, "Not Acceptable Here (hold needs media anchored at the node)")
 		return
+	case !agentLeg && !c.answered:
+		// A re-INVITE in the early dialog (RFC 3261 §14.2).
+		c.mu.Unlock()
+		reply(tx, req, 500, "Server Internal Error (call not answered yet)", sip.NewHeader("Retry-After", "1"))
+		return
 	case c.direct: // a session refresh from the caller: the agent's SDP again
 		body = c.agentBody
 	case agentLeg:
@@ -112,15 +118,18 @@ func (m *calls) reinvite(req *sip.Request, tx sip.ServerTransaction) {
 		}
 		desc := c.bDesc
 		if hasOffer {
-			ans, err := sdp.Answer(offer, desc.Addr, desc.SessionID)
-			if err != nil {
+			// The codec stays the call's (no transcoding): offered, or 488.
+			if !offersCodec(offer, c.bCodec) {
 				c.mu.Unlock()
-				reply(tx, req, 488, "Not Acceptable Here")
+				reply(tx, req, 488, "Not Acceptable Here", sip.NewHeader("Warning", `304 ccmesh "the call's codec must stay"`))
 				return
 			}
-			ans.Version = desc.Version + 1
-			desc = ans
+			desc = sdp.Description{Addr: desc.Addr, SessionID: desc.SessionID, Version: desc.Version + 1,
+				Codecs: []sdp.Codec{c.bCodec}, TelephoneEvent: offer.TelephoneEvent, Direction: offer.Direction.Reverse()}
 			hold := offer.Direction == sdp.SendOnly || offer.Direction == sdp.Inactive || offer.Addr.Addr().IsUnspecified()
+			if !offer.Addr.Addr().IsUnspecified() && c.relay != nil {
+				c.relay.UpdateAgent(net.UDPAddrFromAddrPort(offer.Addr), offer.TelephoneEvent)
+			}
 			if hold && !c.agentHold {
 				m.stats.holds.Add(1)
 				m.holdLocked(c)
@@ -135,16 +144,20 @@ func (m *calls) reinvite(req *sip.Request, tx sip.ServerTransaction) {
 		body = desc.Marshal()
 	default:
 		desc := c.ans
+		before := string(desc.Marshal())
 		if hasOffer {
 			if !offersCodec(offer, desc.Codecs[0]) {
 				c.mu.Unlock()
 				reply(tx, req, 488, "Not Acceptable Here", sip.NewHeader("Warning", `304 ccmesh "the call's codec must stay"`))
 				return
 			}
-			if dir := offer.Direction.Reverse(); dir != desc.Direction && !(dir == "" && desc.Direction == sdp.SendRecv) {
-				desc.Direction, desc.Version = dir, desc.Version+1
+			if dir := offer.Direction.Reverse(); dir != "" {
+				desc.Direction = dir
 			}
 			desc.TelephoneEvent = offer.TelephoneEvent
+			if string(desc.Marshal()) != before {
+				desc.Version++ // a changed session description (RFC 3264 §8)
+			}
 		}
 		c.ans = desc
 		body = desc.Marshal()
@@ -153,7 +166,55 @@ func (m *calls) reinvite(req *sip.Request, tx sip.ServerTransaction) {
 	res := sip.NewResponseFromRequest(req, 200, "OK", body)
 	res.AppendHeader(sip.HeaderClone(&m.contact))
 	res.AppendHeader(contentSDP())
-	_ = tx.Respond(res)
+	m.respond2xx(req, tx, res)
+}
+
+// respond2xx sends a 2xx to an INVITE inside a dialog and, over UDP, sends it
+// again at T1, doubling up to T2, until its ACK arrives or 64×T1 passed (RFC 3261
+// §13.3.1.4: the UAS core, not the transaction, retransmits a 2xx).
+func (m *calls) respond2xx(req *sip.Request, tx sip.ServerTransaction, res *sip.Response) {
+	if err := tx.Respond(res); err != nil || !strings.EqualFold(req.Transport(), "UDP") {
+		return
+	}
+	key := ackKey(req)
+	acked := make(chan struct{})
+	m.mu.Lock()
+	m.acks[key] = acked
+	m.mu.Unlock()
+	go func() {
+		defer func() {
+			m.mu.Lock()
+			if m.acks[key] == acked {
+				delete(m.acks, key)
+			}
+			m.mu.Unlock()
+		}()
+		giveUp := time.NewTimer(64 * sip.T1)
+		defer giveUp.Stop()
+		wait := sip.T1
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		for {
+			select {
+			case <-acked:
+				return
+			case <-giveUp.C:
+				return
+			case <-t.C:
+				_ = tx.Respond(res)
+				wait = min(2*wait, sip.T2)
+				t.Reset(wait)
+			}
+		}
+	}()
+}
+
+// ackKey matches an ACK to the 2xx it acknowledges: same Call-ID and CSeq number.
+func ackKey(req *sip.Request) string {
+	if cid, cseq := req.CallID(), req.CSeq(); cid != nil && cseq != nil {
+		return cid.Value() + "\x00" + strconv.FormatUint(uint64(cseq.SeqNo), 10)
+	}
+	return ""
 }
 
 func offersCodec(offer sdp.Media, c sdp.Codec) bool {
@@ -223,15 +284,11 @@ func (m *calls) onRefer(req *sip.Request, tx sip.ServerTransaction) {
 	_, err := m.svc.Transfer(c.ix, ag, target)
 	if err != nil {
 		c.mu.Lock()
-		c.transferring = false
 		if !c.agentHold {
 			m.resumeLocked(c)
 		}
 		c.mu.Unlock()
-		select {
-		case c.handed <- false:
-		default:
-		}
+		c.handed <- false // talk takes it and clears transferring
 		code, reason := 500, "Server Internal Error"
 		var deny *agent.DenyError
 		switch {
@@ -239,6 +296,8 @@ func (m *calls) onRefer(req *sip.Request, tx sip.ServerTransaction) {
 			code, reason = 486, "Busy Here"
 		case errors.Is(err, interaction.ErrAgentUnavailable), errors.Is(err, interaction.ErrQueueClosed):
 			code, reason = 480, "Temporarily Unavailable"
+		case errors.Is(err, interaction.ErrBusy):
+			code, reason = 503, "Service Unavailable (queue full)"
 		case errors.Is(err, interaction.ErrBadRequest):
 			code, reason = 403, "Forbidden (transfer to oneself)"
 		case errors.Is(err, interaction.ErrWrongState), errors.Is(err, interaction.ErrNotYours), errors.Is(err, interaction.ErrNotFound):
@@ -252,43 +311,55 @@ func (m *calls) onRefer(req *sip.Request, tx sip.ServerTransaction) {
 	// The agent's leg is handed over: the caller stays on music until the next
 	// agent answers (connect continues the same RTP stream).
 	c.mu.Lock()
-	if c.stopRelay != nil {
+	if c.relay != nil {
+		c.callerPeer = c.relay.CallerPeer()
 		c.stopRelay()
 	}
 	c.relay, c.stopRelay = nil, nil
 	if c.b == old {
 		c.b, c.bRx = nil, nil
 	}
-	c.connected, c.transferring, c.agentHold = false, false, false
+	c.connected, c.agentHold = false, false
 	c.mu.Unlock()
 	m.mu.Lock()
 	delete(m.byB, old)
 	m.mu.Unlock()
-	c.handed <- true
+	c.handed <- true // talk takes it, clears transferring and waits for the next agent
 	m.stats.transfers.Add(1)
 	m.logger.Info("sip: blind transfer", "interaction", c.ix, "agent", ag, "to", target.String())
 	reply(tx, req, 202, "Accepted")
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		notify := sip.NewRequest(sip.NOTIFY, old.InviteResponse.Contact().Address)
+		target := old.InviteRequest.Recipient
+		if ct := old.InviteResponse.Contact(); ct != nil {
+			target = ct.Address
+		}
+		notify := sip.NewRequest(sip.NOTIFY, target)
 		notify.AppendHeader(sip.NewHeader("Event", "refer"))
 		notify.AppendHeader(sip.NewHeader("Subscription-State", "terminated;reason=noresource"))
 		notify.AppendHeader(sip.NewHeader("Content-Type", "message/sipfrag;version=2.0"))
 		notify.SetBody([]byte("SIP/2.0 200 OK\r\n"))
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		if _, err := old.Do(ctx, notify); err != nil {
 			m.logger.Debug("sip: transfer NOTIFY", "interaction", c.ix, "err", err)
 		}
-		_ = old.Bye(ctx) // unless the agent already did
-		if oldRx != nil {
-			_ = oldRx.Close()
-		}
+		cancel()
+		m.bye(old.Bye) // unless the agent already did
+		_ = old.Close()
+		closeConn(oldRx)
 	}()
 }
 
 // onAck, onBye and onCancel feed in-dialog requests to the dialog caches.
 func (m *calls) onAck(req *sip.Request, tx sip.ServerTransaction) {
-	_ = m.dsc.ReadAck(req, tx) // an ACK to a re-INVITE's 200 needs nothing more
+	m.mu.Lock()
+	acked, ok := m.acks[ackKey(req)]
+	delete(m.acks, ackKey(req))
+	m.mu.Unlock()
+	if ok { // the ACK of a re-INVITE's 200: stop sending it again
+		close(acked)
+		return
+	}
+	_ = m.dsc.ReadAck(req, tx)
 }
 
 func (m *calls) onBye(req *sip.Request, tx sip.ServerTransaction) {
