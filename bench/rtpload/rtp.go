@@ -248,10 +248,12 @@ func rtpPayload(b []byte) ([]byte, bool) {
 type sender struct {
 	mu      sync.Mutex
 	streams []*stream
-	// lagSkips counts the times the sender fell more than maxLag behind;
-	// maxBehind is the worst lateness seen, ns.
-	lagSkips  atomic.Uint64
-	maxBehind atomic.Int64
+	// lagSkips counts the times the sender fell more than maxLag behind,
+	// skippedFrames the frames it did not send then (about: every stream of
+	// the sender loses the skipped periods); maxBehind is the worst lateness
+	// seen, ns.
+	lagSkips, skippedFrames atomic.Uint64
+	maxBehind               atomic.Int64
 }
 
 func (sh *sender) run(ctx context.Context, l *load, offset time.Duration) {
@@ -288,6 +290,7 @@ func (sh *sender) run(ctx context.Context, l *load, offset time.Duration) {
 			sh.lagSkips.Add(1)
 			periods := time.Since(next) / framePeriod
 			next = next.Add(periods * framePeriod)
+			sh.skippedFrames.Add(uint64(periods) * uint64(len(list)))
 		}
 	}
 }
