@@ -151,11 +151,11 @@ type call struct {
 	// agentBody is the agent's SDP answer, the caller's answer with direct media.
 	agentBody []byte
 	// connected: the legs are bridged through relay.
-	connected    bool
-	relay        *media.Relay
-	stopRelay    context.CancelFunc
-	moh          *media.Stream // what the caller hears when not bridged or on hold
-	stopMoH      context.CancelFunc
+	connected bool
+	relay     *media.Relay
+	stopRelay context.CancelFunc
+	moh       *media.Stream // what the caller hears when not bridged or on hold
+	stopMoH   context.CancelFunc
 	agentHold bool // the agent put the call on hold
 	// transferring: a REFER is being carried out; set by onRefer, cleared by talk
 	// when it takes the outcome from handed (so one REFER at a time, and an agent
