@@ -9,8 +9,11 @@
 // INVITE to the queue's number, 200, ACK, -talk ms, BYE) at increasing rates,
 // each step bounded to -step. A step passes when every call succeeded. It
 // records per step: successful and failed calls, call-setup time percentiles
-// (INVITE sent → 200 received, from sipp's -trace_rtt), the CPU (cores) and RSS
-// of the server and of both sipp processes. It prints one table per target and
+// (INVITE sent → 200 received, from sipp's -trace_rtt, 1 ms resolution at best),
+// the CPU (cores, over the step's wall time) and memory (PSS) of the server, and
+// the CPU of both sipp processes. A step passes when no call failed and the 99th
+// percentile setup is within -max-setup (1 s): a server that answers every call
+// but seconds late is saturated, not passing. It prints one table per target and
 // the ratio of the highest zero-failure rates.
 //
 //	go run ./bench/sipbench                                  # both, media direct
@@ -51,18 +54,20 @@ import (
 var kamailioTemplate string
 
 var (
-	targets  = flag.String("targets", "ccmesh,kamailio", "servers to measure, in order: ccmesh, kamailio")
-	nAgents  = flag.Int("agents", 200, "agents registered (a0001.., password <id>-pass)")
-	rates    = flag.String("rates", "250,500,1000,1500,2000,2500,3000", "call rates to try, in calls/s, increasing")
-	step     = flag.Duration("step", 10*time.Second, "length of each rate step (calls = rate × step)")
-	talk     = flag.Int("talk", 0, "ms between the caller's ACK and its BYE")
-	mediaArg = flag.String("media", "direct", "ccmesh queue media: direct (signalling only) or anchored (RTP through the node)")
-	children = flag.Int("children", 8, "Kamailio UDP worker processes")
-	keepOn   = flag.Bool("keep-going", false, "try every rate even after a failing step")
-	basePort = flag.Int("port", 15300, "first of the loopback ports used (SIP, UAS, HTTP)")
-	logDir   = flag.String("dir", "", "directory for configs, logs and sipp files (default: a new temp dir)")
-	soak     = flag.Duration("soak", 0, "instead of the ramp: one step of this length at -soak-rate, sampling the server's RSS every 30 s (at most 1h)")
-	soakRate = flag.Int("soak-rate", 500, "calls/s of the -soak run")
+	targets   = flag.String("targets", "ccmesh,kamailio", "servers to measure, in order: ccmesh, kamailio")
+	nAgents   = flag.Int("agents", 200, "agents registered (a0001.., password <id>-pass)")
+	rates     = flag.String("rates", "250,500,1000,1500,2000,2500,3000", "call rates to try, in calls/s, increasing")
+	step      = flag.Duration("step", 10*time.Second, "length of each rate step (calls = rate × step)")
+	talk      = flag.Int("talk", 0, "ms between the caller's ACK and its BYE")
+	mediaArg  = flag.String("media", "direct", "ccmesh queue media: direct (signalling only) or anchored (RTP through the node)")
+	children  = flag.Int("children", 8, "Kamailio UDP worker processes")
+	keepOn    = flag.Bool("keep-going", false, "try every rate even after a failing step")
+	maxSetup  = flag.Duration("max-setup", time.Second, "a step passes when no call failed and the 99th percentile call setup is within this")
+	basePort  = flag.Int("port", 15300, "first of the loopback ports used (SIP, UAS, HTTP)")
+	logDir    = flag.String("dir", "", "directory for configs, logs and sipp files (default: a new temp dir)")
+	soak      = flag.Duration("soak", 0, "instead of the ramp: one step of this length at -soak-rate, sampling the server's RSS every 30 s (at most 1h)")
+	soakRate  = flag.Int("soak-rate", 500, "calls/s of the -soak run")
+	pprofAddr = flag.String("pprof", "", "run ccmesh with --pprof on this loopback address")
 )
 
 // result is one rate step.
@@ -74,7 +79,9 @@ type result struct {
 	elapsed                 time.Duration
 }
 
-func (r result) passed() bool { return r.failed == 0 && r.ok == r.calls }
+func (r result) passed() bool {
+	return r.failed == 0 && r.ok == r.calls && r.p99 <= float64(maxSetup.Milliseconds())
+}
 
 // server is a SIP server under test.
 type server interface {
@@ -394,15 +401,17 @@ func ticks(pids []int) float64 {
 	return total
 }
 
+// rssMiB sums the proportional set size (Pss) of pids: shared memory (Kamailio's
+// workers share one segment) is counted once in total, not once per process.
 func rssMiB(pids []int) float64 {
 	var kb float64
 	for _, pid := range pids {
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
 		if err != nil {
 			continue
 		}
 		for _, line := range strings.Split(string(data), "\n") {
-			if strings.HasPrefix(line, "VmRSS:") {
+			if strings.HasPrefix(line, "Pss:") {
 				if f := strings.Fields(line); len(f) >= 2 {
 					v, _ := strconv.ParseFloat(f[1], 64)
 					kb += v
@@ -472,11 +481,12 @@ func report(order []string, all map[string][]result) {
 	best := map[string]int{}
 	for _, name := range order {
 		fmt.Printf("\n%s (%d agents, talk %d ms%s)\n", name, *nAgents, *talk, map[bool]string{true: ", media " + *mediaArg, false: ""}[name == "ccmesh"])
-		fmt.Printf("%8s %7s %7s %7s %8s %8s %8s %8s %9s %8s %8s %8s\n", "calls/s", "calls", "ok", "failed",
-			"p50 ms", "p95 ms", "p99 ms", "max ms", "srv cores", "srv MiB", "caller", "uas")
+		fmt.Printf("%8s %7s %7s %7s %7s %8s %8s %8s %8s %9s %8s %8s %8s %5s\n", "calls/s", "calls", "ok", "failed", "secs",
+			"p50 ms", "p95 ms", "p99 ms", "max ms", "srv cores", "srv MiB", "caller", "uas", "pass")
 		for _, r := range all[name] {
-			fmt.Printf("%8d %7d %7d %7d %8.1f %8.1f %8.1f %8.1f %9.2f %8.0f %8.2f %8.2f\n", r.rate, r.calls, r.ok, r.failed,
-				r.p50, r.p95, r.p99, r.max, r.serverCPU, r.serverRSS, r.callerCPU, r.uasCPU)
+			fmt.Printf("%8d %7d %7d %7d %7.1f %8.1f %8.1f %8.1f %8.1f %9.2f %8.0f %8.2f %8.2f %5s\n", r.rate, r.calls, r.ok, r.failed,
+				r.elapsed.Seconds(), r.p50, r.p95, r.p99, r.max, r.serverCPU, r.serverRSS, r.callerCPU, r.uasCPU,
+				map[bool]string{true: "yes", false: "no"}[r.passed()])
 			if r.passed() && r.rate > best[name] {
 				best[name] = r.rate
 			}
@@ -484,7 +494,7 @@ func report(order []string, all map[string][]result) {
 	}
 	fmt.Println()
 	for _, name := range order {
-		fmt.Printf("highest rate with zero failed calls, %s: %d calls/s\n", name, best[name])
+		fmt.Printf("highest passing rate (zero failed calls, setup p99 ≤ %s), %s: %d calls/s\n", *maxSetup, name, best[name])
 	}
 	if c, k := best["ccmesh"], best["kamailio"]; c > 0 && k > 0 {
 		fmt.Printf("ratio ccmesh / kamailio: %.2f\n", float64(c)/float64(k))
@@ -526,7 +536,11 @@ func (c *ccmesh) start(ctx context.Context, dir string) error {
 	if err != nil {
 		return err
 	}
-	c.cmd = exec.Command(bin, "serve", "--config", cfg, "--log-level", "warn")
+	args := []string{"serve", "--config", cfg, "--log-level", "warn"}
+	if *pprofAddr != "" {
+		args = append(args, "--pprof", *pprofAddr)
+	}
+	c.cmd = exec.Command(bin, args...)
 	c.cmd.Stdout, c.cmd.Stderr = logf, logf
 	if err := c.cmd.Start(); err != nil {
 		return err

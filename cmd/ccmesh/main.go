@@ -30,7 +30,7 @@ func main() {
 
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
-  ccmesh serve [--config FILE] [--log-level debug|info|warn|error]
+  ccmesh serve [--config FILE] [--log-level debug|info|warn|error] [--pprof 127.0.0.1:6060]
   ccmesh check --config FILE
   ccmesh version
 `)
@@ -91,8 +91,15 @@ func serve(args []string, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	path := fs.String("config", "", "configuration file (default: the embedded sample configuration)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	pprofAddr := fs.String("pprof", "", "serve Go's profiler (net/http/pprof) on this loopback host:port, for benchmarks")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *pprofAddr != "" {
+		if err := startProfiler(*pprofAddr); err != nil {
+			fmt.Fprintf(stderr, "ccmesh serve: --pprof: %v\n", err)
+			return 2
+		}
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(*level)); err != nil {

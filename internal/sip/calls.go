@@ -447,12 +447,12 @@ func (m *calls) connect(c *call, br bridge) bool {
 		c.mu.Lock()
 		c.connected, c.answered, c.agentBody, c.timeout = true, true, br.body, nil
 		c.mu.Unlock()
-		if err := c.a.Respond(200, "OK", br.body, contentSDP()); err != nil {
+		if err := c.a.Respond(200, "OK", br.body, contentSDP()); err != nil && c.a.Context().Err() == nil {
 			m.logger.Error("sip: answer caller", "interaction", c.ix, "err", err)
 			m.hangup(c, "answer failed")
 			return false
 		}
-		return true
+		return true // (a caller that hung up right after its ACK is seen by talk)
 	}
 	c.mu.Lock()
 	cont := c.haltMoHLocked()
@@ -481,7 +481,9 @@ func (m *calls) connect(c *call, br bridge) bool {
 	}
 	c.mu.Unlock()
 	if err == nil && !answered {
-		err = c.a.Respond(200, "OK", ans, contentSDP())
+		if err = c.a.Respond(200, "OK", ans, contentSDP()); err != nil && c.a.Context().Err() != nil {
+			return true // the caller hung up right after its ACK: talk sees the BYE
+		}
 	}
 	if err != nil {
 		m.logger.Error("sip: bridge", "interaction", c.ix, "err", err)

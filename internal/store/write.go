@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/ccmesh/ccmesh/internal/core"
 	"github.com/ccmesh/ccmesh/internal/events"
 )
 
@@ -96,6 +97,17 @@ func (s *Store) WriteBatch(ctx context.Context, evs []events.Event) (err error) 
 		}
 		return *p
 	}
+	// An interaction changes state several times within a batch under load; its
+	// projection row needs only the last of them (the upsert keeps the newest by
+	// seq anyway), which saves an upsert and six index updates per skipped state.
+	lastOf := map[core.InteractionID]int{}
+	for i := range evs {
+		if evs[i].Type == events.TypeInteraction {
+			if it, ok := payload[events.Interaction](evs[i].Data); ok {
+				lastOf[it.ID] = i
+			}
+		}
+	}
 	for i := range evs {
 		e := &evs[i]
 		data, err := json.Marshal(e.Data)
@@ -115,7 +127,7 @@ func (s *Store) WriteBatch(ctx context.Context, evs []events.Event) (err error) 
 		switch e.Type {
 		case events.TypeInteraction:
 			it, ok := payload[events.Interaction](e.Data)
-			if !ok {
+			if !ok || lastOf[it.ID] != i {
 				break
 			}
 			err = s.projectInteraction(ctx, bind(&upInteraction, s.upInteraction), e, it)
