@@ -25,6 +25,8 @@ type Config struct {
 	Agents []Agent `yaml:"agents" json:"agents"`
 	// Queues are the queues this node hosts.
 	Queues []Queue `yaml:"queues" json:"queues"`
+	// Cluster makes the node a member of a cluster over NATS (off without members).
+	Cluster ClusterConfig `yaml:"cluster" json:"cluster"`
 }
 
 // NodeConfig identifies this node.
@@ -106,6 +108,9 @@ type Agent struct {
 	Capacity map[core.Channel]int `yaml:"capacity" json:"capacity"`
 	// IMProtocols lists the IM protocols the agent can handle (xmpp, sip, webchat).
 	IMProtocols []core.IMProtocol `yaml:"im_protocols" json:"im_protocols"`
+	// Home is the node that owns the agent in a cluster; empty lets every node
+	// compute the same owner from cluster.members.
+	Home core.NodeID `yaml:"home" json:"home,omitempty"`
 }
 
 // Strategy picks one agent among the eligible ones.

@@ -47,6 +47,7 @@ func (a *Agent) CapacityFor(ch core.Channel) int {
 // with their ids, and an empty business-hours time zone with UTC.
 func ApplyDefaults(c *Config) {
 	applySIPDefaults(&c.SIP)
+	applyClusterDefaults(&c.Cluster)
 	if c.Node.DrainTimeout == 0 {
 		c.Node.DrainTimeout = DefaultDrainTimeout
 	}

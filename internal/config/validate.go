@@ -110,6 +110,7 @@ func (c *Config) Validate() error {
 	}
 	agentSkills := c.validateAgents(&p, checkDN)
 	c.validateQueues(&p, checkDN, agentSkills)
+	c.validateCluster(&p)
 	if len(p.list) == 0 {
 		return nil
 	}

@@ -127,8 +127,11 @@ type agentView struct {
 	idleSince int64
 	index     int // position in the sorted agent list, for round-robin
 	id        core.AgentID
-	version   uint64
-	skills    map[core.SkillName]int
+	// epoch and version order the owner's states: a new owner epoch (the owner
+	// restarted, or ownership moved) wins whatever its version.
+	epoch   uint64
+	version uint64
+	skills  map[core.SkillName]int
 	// queues lists the queues this agent can serve and from which step.
 	queues []queueStep
 }
@@ -593,17 +596,23 @@ func (r *Router) applyEventLocked(id core.AgentID, st events.AgentState) {
 	}
 	// An older version is not applied (a grant's newer state got here first), but
 	// the view may show a slot that freed meanwhile: look for work either way.
-	if st.Version > v.version {
+	if newerState(v, st) {
 		r.applyStateLocked(v, st)
 	}
 	r.agentFreedLocked(v)
 }
 
+// newerState reports whether st is newer than what v shows: a later owner epoch,
+// or the same epoch and a later version.
+func newerState(v *agentView, st events.AgentState) bool {
+	return st.Epoch > v.epoch || st.Epoch == v.epoch && st.Version > v.version
+}
+
 func (r *Router) applyStateLocked(v *agentView, st events.AgentState) {
-	if st.Version < v.version {
+	if st.Epoch < v.epoch || st.Epoch == v.epoch && st.Version < v.version {
 		return
 	}
-	v.version = st.Version
+	v.epoch, v.version = st.Epoch, st.Version
 	v.ready = st.Presence == "ready"
 	v.idleSince = st.IdleSince.UnixNano()
 	v.used = [core.NumChannels]int32{}

@@ -1,0 +1,138 @@
+package config
+
+import (
+	"fmt"
+	"net/url"
+	"slices"
+	"time"
+
+	"github.com/ccmesh/ccmesh/internal/core"
+)
+
+// ClusterConfig makes the node one member of a peer-to-peer cluster over NATS
+// (ADR 0006). Without it (no members) the node runs alone.
+type ClusterConfig struct {
+	// Name is the cluster's name: the NATS cluster name and the root of every
+	// subject (default "ccmesh").
+	Name string `yaml:"name" json:"name"`
+	// Members are the node ids of the cluster, this node's included. Every node
+	// has the same list: it decides which node owns an agent without a home.
+	Members []core.NodeID `yaml:"members" json:"members"`
+	// NATSURL, when set, uses an existing NATS cluster instead of the embedded
+	// server (nats://host:port[,nats://...]).
+	NATSURL string `yaml:"nats_url" json:"nats_url"`
+	// Listen is the embedded NATS server's client address (host:port, default
+	// 127.0.0.1:4222); the node connects to it in-process.
+	Listen string `yaml:"listen" json:"listen"`
+	// RoutesListen is where the embedded server accepts its peers' routes
+	// (host:port, default 127.0.0.1:6222).
+	RoutesListen string `yaml:"routes_listen" json:"routes_listen"`
+	// Peers are the other members' route URLs (nats-route://host:port).
+	Peers []string `yaml:"peers" json:"peers"`
+	// RequestTimeout bounds a request to a peer (a reservation at an agent's
+	// owner); past it the request fails and the router moves on (default 250ms).
+	RequestTimeout Duration `yaml:"request_timeout" json:"request_timeout"`
+}
+
+// Enabled reports whether the node is part of a cluster.
+func (c *ClusterConfig) Enabled() bool { return len(c.Members) > 0 }
+
+// Cluster defaults.
+const (
+	DefaultClusterName    = "ccmesh"
+	DefaultNATSListen     = "127.0.0.1:4222"
+	DefaultRoutesListen   = "127.0.0.1:6222"
+	DefaultRequestTimeout = Duration(250 * time.Millisecond)
+)
+
+func applyClusterDefaults(c *ClusterConfig) {
+	if !c.Enabled() {
+		return
+	}
+	if c.Name == "" {
+		c.Name = DefaultClusterName
+	}
+	if c.NATSURL == "" {
+		if c.Listen == "" {
+			c.Listen = DefaultNATSListen
+		}
+		if c.RoutesListen == "" {
+			c.RoutesListen = DefaultRoutesListen
+		}
+	}
+	if c.RequestTimeout == 0 {
+		c.RequestTimeout = DefaultRequestTimeout
+	}
+}
+
+func (c *Config) validateCluster(p *problems) {
+	cl := &c.Cluster
+	if !cl.Enabled() {
+		if cl.NATSURL != "" || len(cl.Peers) > 0 || cl.Listen != "" || cl.RoutesListen != "" {
+			p.add("cluster.members", "required when the cluster section sets anything (list every node id, this one included)")
+		}
+		for i, a := range c.Agents {
+			if a.Home != "" && a.Home != c.Node.ID {
+				p.add(fmt.Sprintf("agents[%d].home", i), "%q is another node, but this node is not in a cluster", a.Home)
+			}
+		}
+		return
+	}
+	if !nodeIDRE.MatchString(cl.Name) {
+		p.add("cluster.name", "invalid name %q (want 1..64 of a-z 0-9 -)", cl.Name)
+	}
+	seen := map[core.NodeID]int{}
+	for i, m := range cl.Members {
+		f := fmt.Sprintf("cluster.members[%d]", i)
+		switch {
+		case !nodeIDRE.MatchString(string(m)):
+			p.add(f, "invalid node id %q", m)
+		case seen[m] > 0:
+			p.add(f, "duplicate node id %q", m)
+		}
+		seen[m]++
+	}
+	if !slices.Contains(cl.Members, c.Node.ID) {
+		p.add("cluster.members", "must include this node's id %q", c.Node.ID)
+	}
+	if cl.NATSURL != "" {
+		for _, u := range splitURLs(cl.NATSURL) {
+			if pu, err := url.Parse(u); err != nil || (pu.Scheme != "nats" && pu.Scheme != "tls") || pu.Host == "" {
+				p.add("cluster.nats_url", "invalid URL %q (want nats://host:port, comma-separated)", u)
+			}
+		}
+		if len(cl.Peers) > 0 {
+			p.add("cluster.peers", "set either nats_url (an external NATS) or peers (the embedded one), not both")
+		}
+	} else {
+		validateListen(p, "cluster.listen", cl.Listen)
+		validateListen(p, "cluster.routes_listen", cl.RoutesListen)
+		for i, r := range cl.Peers {
+			if pu, err := url.Parse(r); err != nil || pu.Scheme != "nats-route" || pu.Host == "" {
+				p.add(fmt.Sprintf("cluster.peers[%d]", i), "invalid route URL %q (want nats-route://host:port)", r)
+			}
+		}
+	}
+	if cl.RequestTimeout < Duration(10*time.Millisecond) || cl.RequestTimeout > Duration(10*time.Second) {
+		p.add("cluster.request_timeout", "%q out of range 10ms..10s", cl.RequestTimeout)
+	}
+	for i, a := range c.Agents {
+		if a.Home != "" && !slices.Contains(cl.Members, a.Home) {
+			p.add(fmt.Sprintf("agents[%d].home", i), "unknown node %q (not in cluster.members)", a.Home)
+		}
+	}
+}
+
+func splitURLs(s string) []string {
+	var out []string
+	start := 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == ',' {
+			if u := s[start:i]; u != "" {
+				out = append(out, u)
+			}
+			start = i + 1
+		}
+	}
+	return out
+}

@@ -1,0 +1,288 @@
+// Package mesh makes a node one member of a peer-to-peer cluster over NATS
+// (ADR 0006): the embedded NATS server clustered over routes (or an external
+// NATS), which node owns each agent, the reservation protocol (request/reply to
+// the agent's owner, which alone grants or denies), the owners' feed of agent
+// states that keeps every node's routing view of all agents, and the notices of
+// leases that ended at an owner for an interaction held by another node.
+//
+// Subjects, under "ccm.<cluster>.":
+//
+//	rpc.<node>    request/reply to the node owning an agent (reserve, accept,
+//	              reject, release, complete, snapshot)
+//	feed.<node>   the owner's agent states, numbered per owner (gaps → resync)
+//	lease.<node>  leases that ended at their owner, for the node that asked
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"net"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/ccmesh/ccmesh/internal/agent"
+	"github.com/ccmesh/ccmesh/internal/config"
+	"github.com/ccmesh/ccmesh/internal/core"
+	"github.com/ccmesh/ccmesh/internal/events"
+)
+
+// ErrOwnerUnreachable is a request to an agent's owner that got no answer in time.
+var ErrOwnerUnreachable = errors.New("agent's owner unreachable")
+
+// View receives the states of agents owned by other nodes (the router).
+type View interface {
+	ApplyAgentState(core.AgentID, events.AgentState)
+}
+
+// Params are the mesh's dependencies.
+type Params struct {
+	Config config.ClusterConfig
+	Node   core.NodeID
+	// Agents are all the cluster's agents; Local owns this node's share of them.
+	Agents []config.Agent
+	Local  *agent.Manager
+	// Log is this node's event log: the feed publishes its agent states.
+	Log    *events.Log
+	Logger *slog.Logger
+}
+
+// Mesh is this node's membership in the cluster. Create it with New, Wire it,
+// then Run it. Its methods are safe for concurrent use.
+type Mesh struct {
+	p       Params
+	prefix  string
+	owners  map[core.AgentID]core.NodeID
+	timeout time.Duration
+	srv     *server.Server // nil with an external NATS
+	nc      *nats.Conn
+	logger  *slog.Logger
+
+	// set by Wire before Run
+	view   View
+	leases agent.Observer
+
+	mu sync.Mutex
+	// remote are the last states of agents owned elsewhere, for the router's resync.
+	remote map[core.AgentID]events.AgentState
+	// feedGen and feedSeq are the last feed generation and number seen per owner.
+	feedGen map[core.NodeID]uint64
+	feedSeq map[core.NodeID]uint64
+	// resyncing marks owners whose snapshot is being fetched.
+	resyncing map[core.NodeID]bool
+	// requesters are the nodes holding leases this node granted.
+	requesters map[agent.Token]core.NodeID
+	subs       []*nats.Subscription
+}
+
+// New starts the embedded NATS server (unless the config names an external
+// one), connects, and computes agent ownership. It does not subscribe yet.
+func New(p Params) (*Mesh, error) {
+	if p.Logger == nil {
+		p.Logger = slog.Default()
+	}
+	m := &Mesh{p: p, prefix: "ccm." + p.Config.Name + ".", owners: Owners(p.Config.Members, p.Agents),
+		timeout: p.Config.RequestTimeout.D(), logger: p.Logger,
+		remote: map[core.AgentID]events.AgentState{}, feedGen: map[core.NodeID]uint64{}, feedSeq: map[core.NodeID]uint64{}, resyncing: map[core.NodeID]bool{},
+		requesters: map[agent.Token]core.NodeID{}}
+	if m.timeout <= 0 {
+		m.timeout = config.DefaultRequestTimeout.D()
+	}
+	opts := []nats.Option{nats.Name(string(p.Node)), nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond)}
+	url := p.Config.NATSURL
+	if url == "" {
+		srv, err := startServer(p.Config, p.Node, p.Logger)
+		if err != nil {
+			return nil, err
+		}
+		m.srv = srv
+		opts = append(opts, nats.InProcessServer(srv))
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		m.Close()
+		return nil, fmt.Errorf("mesh: connect to NATS: %w", err)
+	}
+	m.nc = nc
+	return m, nil
+}
+
+// startServer runs the embedded NATS server: clients on cfg.Listen, routes on
+// cfg.RoutesListen to cfg.Peers. Port 0 picks a free port.
+func startServer(cfg config.ClusterConfig, node core.NodeID, logger *slog.Logger) (*server.Server, error) {
+	host, port, err := hostPort(cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: cluster.listen: %w", err)
+	}
+	rhost, rport, err := hostPort(cfg.RoutesListen)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: cluster.routes_listen: %w", err)
+	}
+	var routes []*url.URL
+	for _, r := range cfg.Peers {
+		u, err := url.Parse(r)
+		if err != nil {
+			return nil, fmt.Errorf("mesh: cluster.peers: %w", err)
+		}
+		routes = append(routes, u)
+	}
+	opts := &server.Options{
+		ServerName: string(node), Host: host, Port: port, NoSigs: true, NoLog: true,
+		Cluster: server.ClusterOpts{Name: cfg.Name, Host: rhost, Port: rport, ConnectRetries: -1},
+		Routes:  routes,
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: NATS server: %w", err)
+	}
+	go srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		srv.Shutdown()
+		return nil, errors.New("mesh: the embedded NATS server did not start within 10 s")
+	}
+	logger.Info("mesh: NATS server up", "clients", srv.ClientURL(), "routes", srv.ClusterAddr().String())
+	return srv, nil
+}
+
+func hostPort(addr string) (string, int, error) {
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil {
+		return "", 0, err
+	}
+	if n == 0 {
+		n = server.RANDOM_PORT
+	}
+	return h, n, nil
+}
+
+// RoutesAddr is the embedded server's route listener ("" with an external NATS).
+func (m *Mesh) RoutesAddr() string {
+	if m.srv == nil || m.srv.ClusterAddr() == nil {
+		return ""
+	}
+	return m.srv.ClusterAddr().String()
+}
+
+// Owners computes every agent's owner: its configured home, else the member
+// with the highest rendezvous hash of (member, agent) — the same on every node,
+// and only the agents of a member that leaves move.
+func Owners(members []core.NodeID, agents []config.Agent) map[core.AgentID]core.NodeID {
+	out := make(map[core.AgentID]core.NodeID, len(agents))
+	for _, a := range agents {
+		if a.Home != "" {
+			out[a.ID] = a.Home
+			continue
+		}
+		var best core.NodeID
+		var bestScore uint64
+		for _, n := range members {
+			h := fnv.New64a()
+			_, _ = h.Write([]byte(n))
+			_, _ = h.Write([]byte{0})
+			_, _ = h.Write([]byte(a.ID))
+			if s := mix(h.Sum64()); best == "" || s > bestScore {
+				best, bestScore = n, s
+			}
+		}
+		out[a.ID] = best
+	}
+	return out
+}
+
+// mix is the splitmix64 finalizer: FNV alone spreads inputs that differ only in
+// their last bytes poorly across the high bits compared here.
+func mix(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
+}
+
+// Owner returns the node owning agent id ("" for an unknown agent).
+func (m *Mesh) Owner(id core.AgentID) core.NodeID { return m.owners[id] }
+
+// Owned lists the agents of cfg owned by node (for its agent.Manager).
+func Owned(members []core.NodeID, node core.NodeID, agents []config.Agent) []config.Agent {
+	owners := Owners(members, agents)
+	var out []config.Agent
+	for _, a := range agents {
+		if owners[a.ID] == node {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// Wire connects the mesh to the router's view and to the observer of leases
+// (the interaction Service). Call before Run.
+func (m *Mesh) Wire(view View, leases agent.Observer) {
+	m.view, m.leases = view, leases
+}
+
+// Run serves requests to this node's agents, publishes their states, follows
+// the other owners' feeds, and relays lease ends, until ctx ends. after is the
+// log sequence the feed starts after.
+func (m *Mesh) Run(ctx context.Context, after uint64) error {
+	if err := m.subscribe(); err != nil {
+		return err
+	}
+	for _, n := range m.p.Config.Members {
+		if n != m.p.Node {
+			go m.resync(n)
+		}
+	}
+	err := m.publishFeed(ctx, after)
+	for _, s := range m.subs {
+		_ = s.Unsubscribe()
+	}
+	return err
+}
+
+// Close disconnects and stops the embedded server.
+func (m *Mesh) Close() {
+	if m.nc != nil {
+		m.nc.Close()
+	}
+	if m.srv != nil {
+		m.srv.Shutdown()
+		m.srv.WaitForShutdown()
+	}
+}
+
+func (m *Mesh) subject(kind string, node core.NodeID) string {
+	return m.prefix + kind + "." + string(node)
+}
+
+func (m *Mesh) subscribe() error {
+	for _, s := range []struct {
+		subj string
+		h    nats.MsgHandler
+	}{
+		{m.subject("rpc", m.p.Node), m.serveRPC},
+		{m.prefix + "feed.*", m.onFeed},
+		{m.subject("lease", m.p.Node), m.onLeaseEnd},
+	} {
+		sub, err := m.nc.Subscribe(s.subj, s.h)
+		if err != nil {
+			return fmt.Errorf("mesh: subscribe %s: %w", s.subj, err)
+		}
+		m.subs = append(m.subs, sub)
+	}
+	if err := m.nc.Flush(); err != nil {
+		return fmt.Errorf("mesh: subscribe: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,253 @@
+package mesh
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/ccmesh/ccmesh/internal/agent"
+	"github.com/ccmesh/ccmesh/internal/core"
+	"github.com/ccmesh/ccmesh/internal/events"
+)
+
+// Operations of the reservation protocol.
+const (
+	opReserve  = "reserve"
+	opAccept   = "accept"
+	opReject   = "reject"
+	opRelease  = "release"
+	opComplete = "complete"
+	opSnapshot = "snapshot"
+)
+
+// request is a message to an agent's owner.
+type request struct {
+	Op   string      `json:"op"`
+	From core.NodeID `json:"from"`
+	// reserve
+	Agent       core.AgentID       `json:"agent,omitempty"`
+	Interaction core.InteractionID `json:"interaction,omitempty"`
+	Channel     core.Channel       `json:"channel,omitempty"`
+	TTLMillis   int64              `json:"ttl_ms,omitempty"`
+	Request     core.RequestID     `json:"request,omitempty"`
+	// accept, reject, release, complete
+	Token        string `json:"token,omitempty"`
+	WrapUpMillis int64  `json:"wrap_up_ms,omitempty"`
+}
+
+// reply is the owner's answer. Err carries a code that maps back to the agent
+// package's sentinel errors, so callers on any node test them with errors.Is.
+type reply struct {
+	Token  string             `json:"token,omitempty"`
+	State  *events.AgentState `json:"state,omitempty"`
+	Deny   agent.DenyReason   `json:"deny,omitempty"`
+	Err    string             `json:"err,omitempty"`
+	Code   string             `json:"code,omitempty"`
+	Agents []agentState       `json:"agents,omitempty"`
+}
+
+type agentState struct {
+	Agent core.AgentID      `json:"agent"`
+	State events.AgentState `json:"state"`
+}
+
+// errCodes maps the owner's errors to wire codes and back.
+var errCodes = map[string]error{
+	"unknown_agent": agent.ErrUnknownAgent,
+	"stale_epoch":   agent.ErrStaleEpoch,
+	"lease_ended":   agent.ErrLeaseEnded,
+	"wrong_state":   agent.ErrWrongLeaseState,
+	"logged_out":    agent.ErrLoggedOut,
+	"bad_token":     agent.ErrBadToken,
+}
+
+func encodeErr(err error) reply {
+	var deny *agent.DenyError
+	if errors.As(err, &deny) {
+		return reply{Deny: deny.Reason, Err: err.Error()}
+	}
+	for code, e := range errCodes {
+		if errors.Is(err, e) {
+			return reply{Code: code, Err: err.Error()}
+		}
+	}
+	return reply{Err: err.Error()}
+}
+
+func (r reply) err(id core.AgentID) error {
+	switch {
+	case r.Deny != "":
+		return &agent.DenyError{Agent: id, Reason: r.Deny}
+	case r.Err == "":
+		return nil
+	case errCodes[r.Code] != nil:
+		return fmt.Errorf("%w (at the owner: %s)", errCodes[r.Code], r.Err)
+	}
+	return errors.New("owner: " + r.Err)
+}
+
+// call sends req to node and decodes its reply; no answer within the request
+// timeout is ErrOwnerUnreachable.
+func (m *Mesh) call(node core.NodeID, req request) (reply, error) {
+	req.From = m.p.Node
+	data, err := json.Marshal(req)
+	if err != nil {
+		return reply{}, err
+	}
+	msg, err := m.nc.Request(m.subject("rpc", node), data, m.timeout)
+	if err != nil {
+		if errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) {
+			return reply{}, fmt.Errorf("mesh: %s to %s: %w (%v)", req.Op, node, ErrOwnerUnreachable, err)
+		}
+		return reply{}, fmt.Errorf("mesh: %s to %s: %w", req.Op, node, err)
+	}
+	var r reply
+	if err := json.Unmarshal(msg.Data, &r); err != nil {
+		return reply{}, fmt.Errorf("mesh: %s to %s: bad reply: %w", req.Op, node, err)
+	}
+	return r, nil
+}
+
+// Reserve asks the agent's owner for a reservation (router.Reserver): a local
+// call when this node owns the agent, a request otherwise.
+func (m *Mesh) Reserve(req agent.ReserveRequest) (agent.Grant, error) {
+	owner := m.owners[req.Agent]
+	if owner == m.p.Node {
+		return m.p.Local.Reserve(req)
+	}
+	if owner == "" {
+		return agent.Grant{}, &agent.DenyError{Agent: req.Agent, Reason: agent.DenyUnknownAgent}
+	}
+	r, err := m.call(owner, request{Op: opReserve, Agent: req.Agent, Interaction: req.Interaction, Channel: req.Channel,
+		TTLMillis: req.TTL.Milliseconds(), Request: req.Request})
+	if err != nil {
+		return agent.Grant{}, err
+	}
+	if err := r.err(req.Agent); err != nil {
+		return agent.Grant{}, err
+	}
+	tok, err := agent.ParseToken(r.Token)
+	if err != nil || r.State == nil {
+		return agent.Grant{}, fmt.Errorf("mesh: reserve at %s: bad grant %q", owner, r.Token)
+	}
+	return agent.Grant{Token: tok, State: *r.State}, nil
+}
+
+// tokenOp runs accept, reject, release or complete at the token's owner.
+func (m *Mesh) tokenOp(op string, tok agent.Token, wrapUp time.Duration, local func() error) error {
+	owner := m.owners[tok.Agent]
+	if owner == m.p.Node {
+		return local()
+	}
+	if owner == "" {
+		return agent.ErrUnknownAgent
+	}
+	r, err := m.call(owner, request{Op: op, Token: tok.String(), WrapUpMillis: wrapUp.Milliseconds()})
+	if err != nil {
+		return err
+	}
+	return r.err(tok.Agent)
+}
+
+// Accept is the agent taking the offer (interaction.Agents).
+func (m *Mesh) Accept(tok agent.Token) error {
+	return m.tokenOp(opAccept, tok, 0, func() error { return m.p.Local.Accept(tok) })
+}
+
+// Reject is a refused or missed offer.
+func (m *Mesh) Reject(tok agent.Token) error {
+	return m.tokenOp(opReject, tok, 0, func() error { return m.p.Local.Reject(tok) })
+}
+
+// Release gives a reservation back without penalty.
+func (m *Mesh) Release(tok agent.Token) error {
+	return m.tokenOp(opRelease, tok, 0, func() error { return m.p.Local.Release(tok) })
+}
+
+// Complete ends the agent's work; wrap-up follows at the owner.
+func (m *Mesh) Complete(tok agent.Token, wrapUp time.Duration) error {
+	return m.tokenOp(opComplete, tok, wrapUp, func() error { return m.p.Local.Complete(tok, wrapUp) })
+}
+
+// serveRPC answers requests for the agents this node owns.
+func (m *Mesh) serveRPC(msg *nats.Msg) {
+	var req request
+	var r reply
+	if err := json.Unmarshal(msg.Data, &req); err != nil {
+		r = reply{Err: "bad request: " + err.Error()}
+	} else {
+		r = m.handle(req)
+	}
+	data, err := json.Marshal(r)
+	if err != nil {
+		data, _ = json.Marshal(reply{Err: err.Error()})
+	}
+	if err := msg.Respond(data); err != nil {
+		m.logger.Warn("mesh: reply", "op", req.Op, "from", req.From, "err", err)
+	}
+}
+
+func (m *Mesh) handle(req request) reply {
+	if req.Op == opSnapshot {
+		var out []agentState
+		for _, v := range m.p.Local.Snapshots() {
+			out = append(out, agentState{Agent: v.ID, State: v.State})
+		}
+		return reply{Agents: out}
+	}
+	if req.Op == opReserve {
+		g, err := m.p.Local.Reserve(agent.ReserveRequest{Agent: req.Agent, Interaction: req.Interaction, Channel: req.Channel,
+			TTL: time.Duration(req.TTLMillis) * time.Millisecond, Request: req.Request})
+		if err != nil {
+			return encodeErr(err)
+		}
+		m.mu.Lock()
+		m.requesters[g.Token] = req.From
+		m.mu.Unlock()
+		st := g.State
+		return reply{Token: g.Token.String(), State: &st}
+	}
+	tok, err := agent.ParseToken(req.Token)
+	if err != nil {
+		return encodeErr(err)
+	}
+	switch req.Op {
+	case opAccept:
+		err = m.p.Local.Accept(tok)
+	case opReject:
+		err = m.p.Local.Reject(tok)
+		m.forgetRequester(tok)
+	case opRelease:
+		err = m.p.Local.Release(tok)
+		m.forgetRequester(tok)
+	case opComplete:
+		err = m.p.Local.Complete(tok, time.Duration(req.WrapUpMillis)*time.Millisecond)
+	default:
+		return reply{Err: fmt.Sprintf("unknown operation %q", req.Op)}
+	}
+	if err != nil {
+		return encodeErr(err)
+	}
+	return reply{}
+}
+
+func (m *Mesh) forgetRequester(tok agent.Token) {
+	m.mu.Lock()
+	delete(m.requesters, tok)
+	m.mu.Unlock()
+}
+
+// Snapshots is every agent's current state as this node knows it: its own
+// agents from their owner, the others from the feed (router.Snapshotter).
+func (m *Mesh) Snapshots() []agent.View {
+	out := m.p.Local.Snapshots()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id, st := range m.remote {
+		out = append(out, agent.View{ID: id, State: st})
+	}
+	return out
+}
