@@ -3,7 +3,7 @@
 // registrar, on the same machine in the same run.
 //
 // For each target it starts the server, registers N agents with digest
-// authentication (sipp, test/e2e/sipp/register_contact.xml) whose contacts all
+// authentication (sipp, bench/sipbench/register.xml, 2 h expiry) whose contacts all
 // point at one sipp UAS that answers every call, logs the agents in and makes
 // them ready (ccmesh), then drives a sipp caller (test/e2e/sipp/caller_talk.xml:
 // INVITE to the queue's number, 200, ACK, -talk ms, BYE) at increasing rates,
@@ -206,7 +206,7 @@ func measure(ctx context.Context, root, dir string, srv server, steps []int) ([]
 	if err := os.WriteFile(users, []byte(b.String()), 0o644); err != nil {
 		return nil, err
 	}
-	reg := exec.CommandContext(ctx, "sipp", target, "-sf", filepath.Join(root, "test/e2e/sipp/register_contact.xml"), "-inf", users,
+	reg := exec.CommandContext(ctx, "sipp", target, "-sf", filepath.Join(root, "bench/sipbench/register.xml"), "-inf", users,
 		"-key", "contact_port", strconv.Itoa(uasPort), "-m", strconv.Itoa(*nAgents), "-r", "200", "-i", "127.0.0.1", "-p", "0",
 		"-nostdin", "-timeout", "60s", "-timeout_error")
 	reg.Dir = sdir
