@@ -32,6 +32,7 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   ccmesh serve [--config FILE] [--log-level debug|info|warn|error] [--pprof 127.0.0.1:6060]
   ccmesh check --config FILE
+  ccmesh cluster status [--url http://127.0.0.1:8080] [--token TOKEN] [--json]
   ccmesh version
 `)
 }
@@ -46,6 +47,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serve(args[1:], stderr)
 	case "check":
 		return check(args[1:], stdout, stderr)
+	case "cluster":
+		return cluster(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "ccmesh", versionString())
 		return 0

@@ -27,6 +27,7 @@ import (
 	"github.com/ccmesh/ccmesh/internal/core"
 	"github.com/ccmesh/ccmesh/internal/events"
 	"github.com/ccmesh/ccmesh/internal/interaction"
+	"github.com/ccmesh/ccmesh/internal/mesh"
 	"github.com/ccmesh/ccmesh/internal/router"
 	"github.com/ccmesh/ccmesh/internal/sip"
 	"github.com/ccmesh/ccmesh/internal/store"
@@ -50,8 +51,14 @@ type Calls interface {
 	CallStats() sip.CallStats
 }
 
+// Cluster reports the node's cluster membership (nil when the node is alone).
+type Cluster interface {
+	Status() mesh.Status
+}
+
 // Params are the API's dependencies.
 type Params struct {
+	Cluster Cluster
 	// Registrations and Calls are nil when the node runs without SIP.
 	Registrations Registrations
 	Calls         Calls
@@ -103,6 +110,7 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /api/v1/agents/{id}/logout", s.auth(selfOrSupervisor, s.logout))
 	m.HandleFunc("POST /api/v1/agents/{id}/state", s.auth(selfOrSupervisor, s.setState))
 	m.HandleFunc("GET /api/v1/registrations", s.auth(staff, s.listRegistrations))
+	m.HandleFunc("GET /api/v1/cluster", s.auth(staff, s.clusterStatus))
 	m.HandleFunc("GET /api/v1/queues", s.auth(anyone, s.listQueues))
 	m.HandleFunc("GET /api/v1/queues/{id}", s.auth(anyone, s.getQueue))
 	m.HandleFunc("POST /api/v1/interactions", s.auth(tokens, s.createInteraction))

@@ -12,6 +12,7 @@ import (
 	"github.com/ccmesh/ccmesh/internal/core"
 	"github.com/ccmesh/ccmesh/internal/events"
 	"github.com/ccmesh/ccmesh/internal/interaction"
+	"github.com/ccmesh/ccmesh/internal/mesh"
 	"github.com/ccmesh/ccmesh/internal/sip"
 	"github.com/ccmesh/ccmesh/internal/store"
 )
@@ -34,6 +35,14 @@ func (s *Server) agentBody(v agent.View) agentBody {
 		regs = s.p.Registrations.Bindings(v.ID)
 	}
 	return agentBody{View: v, Interactions: held, Registrations: regs}
+}
+
+func (s *Server) clusterStatus(w http.ResponseWriter, _ *http.Request) {
+	if s.p.Cluster == nil {
+		writeJSON(w, http.StatusOK, mesh.Status{Node: s.p.Node})
+		return
+	}
+	writeJSON(w, http.StatusOK, s.p.Cluster.Status())
 }
 
 func (s *Server) listRegistrations(w http.ResponseWriter, _ *http.Request) {

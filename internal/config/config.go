@@ -21,7 +21,8 @@ type Config struct {
 	Routing RoutingConfig `yaml:"routing" json:"routing"`
 	// APITokens are bearer tokens for integrators, supervisors and admins.
 	APITokens []APIToken `yaml:"api_tokens" json:"-"`
-	// Agents are the agents this node owns.
+	// Agents are the agents: alone, all owned by this node; in a cluster, every
+	// agent of the cluster (the same list on every member), each owned by one member.
 	Agents []Agent `yaml:"agents" json:"agents"`
 	// Queues are the queues this node hosts.
 	Queues []Queue `yaml:"queues" json:"queues"`

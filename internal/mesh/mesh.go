@@ -50,8 +50,11 @@ type Params struct {
 	Agents []config.Agent
 	Local  *agent.Manager
 	// Log is this node's event log: the feed publishes its agent states.
-	Log    *events.Log
-	Logger *slog.Logger
+	Log *events.Log
+	// Contacts lists the SIP contacts registered at this node for an agent
+	// (optional): other nodes ask for them to ring the agent's phone.
+	Contacts func(core.AgentID) []string
+	Logger   *slog.Logger
 }
 
 // Mesh is this node's membership in the cluster. Create it with New, Wire it,

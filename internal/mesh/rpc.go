@@ -21,6 +21,7 @@ const (
 	opRelease  = "release"
 	opComplete = "complete"
 	opSnapshot = "snapshot"
+	opContacts = "contacts"
 )
 
 // request is a message to an agent's owner.
@@ -41,12 +42,13 @@ type request struct {
 // reply is the owner's answer. Err carries a code that maps back to the agent
 // package's sentinel errors, so callers on any node test them with errors.Is.
 type reply struct {
-	Token  string             `json:"token,omitempty"`
-	State  *events.AgentState `json:"state,omitempty"`
-	Deny   agent.DenyReason   `json:"deny,omitempty"`
-	Err    string             `json:"err,omitempty"`
-	Code   string             `json:"code,omitempty"`
-	Agents []agentState       `json:"agents,omitempty"`
+	Token    string             `json:"token,omitempty"`
+	State    *events.AgentState `json:"state,omitempty"`
+	Deny     agent.DenyReason   `json:"deny,omitempty"`
+	Err      string             `json:"err,omitempty"`
+	Code     string             `json:"code,omitempty"`
+	Agents   []agentState       `json:"agents,omitempty"`
+	Contacts []string           `json:"contacts,omitempty"`
 }
 
 type agentState struct {
@@ -198,6 +200,12 @@ func (m *Mesh) handle(req request) reply {
 		}
 		return reply{Agents: out}
 	}
+	if req.Op == opContacts {
+		if m.p.Contacts == nil {
+			return reply{}
+		}
+		return reply{Contacts: m.p.Contacts(req.Agent)}
+	}
 	if req.Op == opReserve {
 		g, err := m.p.Local.Reserve(agent.ReserveRequest{Agent: req.Agent, Interaction: req.Interaction, Channel: req.Channel,
 			TTL: time.Duration(req.TTLMillis) * time.Millisecond, Request: req.Request})
@@ -238,6 +246,26 @@ func (m *Mesh) forgetRequester(tok agent.Token) {
 	m.mu.Lock()
 	delete(m.requesters, tok)
 	m.mu.Unlock()
+}
+
+// Contacts lists the SIP contacts where agent id's phone is registered: those
+// registered at this node, else those at the agent's owner (a call arriving
+// here rings a phone registered there; media stays anchored here).
+func (m *Mesh) Contacts(id core.AgentID) []string {
+	var local []string
+	if m.p.Contacts != nil {
+		local = m.p.Contacts(id)
+	}
+	owner := m.owners[id]
+	if len(local) > 0 || owner == m.p.Node || owner == "" {
+		return local
+	}
+	r, err := m.call(owner, request{Op: opContacts, Agent: id})
+	if err != nil {
+		m.logger.Info("mesh: contacts of a remote agent", "agent", id, "owner", owner, "err", err)
+		return nil
+	}
+	return r.Contacts
 }
 
 // Snapshots is every agent's current state as this node knows it: its own

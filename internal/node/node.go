@@ -22,6 +22,7 @@ import (
 	"github.com/ccmesh/ccmesh/internal/events"
 	"github.com/ccmesh/ccmesh/internal/interaction"
 	"github.com/ccmesh/ccmesh/internal/media"
+	"github.com/ccmesh/ccmesh/internal/mesh"
 	"github.com/ccmesh/ccmesh/internal/router"
 	"github.com/ccmesh/ccmesh/internal/sip"
 	"github.com/ccmesh/ccmesh/internal/store"
@@ -42,6 +43,7 @@ type Node struct {
 	ix     *interaction.Service
 	api    *api.Server
 	sip    *sip.Server // nil when no SIP listener is configured
+	mesh   *mesh.Mesh  // nil when the node is not in a cluster
 	ln     net.Listener
 	ready  atomic.Bool
 	start  uint64 // last seq persisted before this run
@@ -64,26 +66,59 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 	n.start = last
 	n.log = events.NewLog(last, logWindow, true)
 	clk := clock.Real{}
+	owned := cfg.Agents
+	if cfg.Cluster.Enabled() {
+		owned = mesh.Owned(cfg.Cluster.Members, cfg.Node.ID, cfg.Agents)
+	}
 	n.agents = agent.NewManager(agent.Params{
-		Node: cfg.Node.ID, Agents: cfg.Agents, Clock: clk, Log: n.log, MissedOffer: cfg.Routing.MissedOffer,
+		Node: cfg.Node.ID, Agents: owned, Clock: clk, Log: n.log, MissedOffer: cfg.Routing.MissedOffer,
 		Epoch: uint64(time.Now().UnixNano()), Logger: n.logger.With("component", "agent"),
 	})
-	n.ix, err = interaction.NewService(interaction.Params{Queues: cfg.Queues, Log: n.log, Clock: clk, Logger: n.logger.With("component", "interaction")})
-	if err != nil {
+	// Alone, the node's agent manager answers every reservation; in a cluster the
+	// mesh sends those of other owners' agents to them (ADR 0006).
+	var owners interface {
+		router.Reserver
+		router.Snapshotter
+		interaction.Agents
+	} = n.agents
+	// fail releases what is already open when start-up cannot complete.
+	fail := func(err error) (*Node, error) {
+		if n.sip != nil {
+			n.sip.Close()
+		}
+		if n.mesh != nil {
+			n.mesh.Close()
+		}
 		st.Close()
 		return nil, fmt.Errorf("node: %w", err)
 	}
+	if cfg.Cluster.Enabled() {
+		n.mesh, err = mesh.New(mesh.Params{Config: cfg.Cluster, Node: cfg.Node.ID, Agents: cfg.Agents, Local: n.agents, Log: n.log,
+			Contacts: n.localContacts, Logger: n.logger.With("component", "mesh")})
+		if err != nil {
+			return fail(err)
+		}
+		owners = n.mesh
+	}
+	n.ix, err = interaction.NewService(interaction.Params{Queues: cfg.Queues, Log: n.log, Clock: clk, Logger: n.logger.With("component", "interaction")})
+	if err != nil {
+		return fail(err)
+	}
 	n.router, err = router.New(router.Params{
-		Queues: cfg.Queues, Agents: cfg.Agents, Reserver: n.agents, Offerer: n.ix, Owner: n.agents, OnTimeout: n.ix.TimedOut,
+		Queues: cfg.Queues, Agents: cfg.Agents, Reserver: owners, Offerer: n.ix, Owner: owners, OnTimeout: n.ix.TimedOut,
 		Log: n.log, Clock: clk, Logger: n.logger.With("component", "router"),
 		MaxWaiting: cfg.Routing.MaxWaiting, Candidates: cfg.Routing.DecisionCandidates,
 	})
 	if err != nil {
-		st.Close()
-		return nil, fmt.Errorf("node: %w", err)
+		return fail(err)
 	}
-	n.ix.Wire(n.agents, n.router)
-	n.agents.SetObserver(n.ix)
+	n.ix.Wire(owners, n.router)
+	if n.mesh != nil {
+		n.agents.SetObserver(n.mesh) // lease ends go to whichever node holds the lease
+		n.mesh.Wire(n.router, n.ix)
+	} else {
+		n.agents.SetObserver(n.ix)
+	}
 	var regs api.Registrations
 	if cfg.SIP.Enabled() {
 		routes := map[string]core.QueueID{}
@@ -99,17 +134,20 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 					continue
 				}
 				if *s.dst, err = media.LoadWAVFile(s.path); err != nil {
-					st.Close()
-					return nil, fmt.Errorf("node: queue %s: %w", q.ID, err)
+					return fail(fmt.Errorf("queue %s: %w", q.ID, err))
 				}
 			}
 			voice[q.ID] = qv
 		}
+		var contacts func(core.AgentID) []string
+		if n.mesh != nil {
+			contacts = n.mesh.Contacts // a phone may be registered at the agent's owner
+		}
 		n.sip, err = sip.New(sip.Params{Config: cfg.SIP, Directory: newDirectory(cfg.Agents), Interactions: n.ix, Routes: routes, Queues: voice,
-			Log: n.log, Clock: clk, Logger: n.logger.With("component", "sip")})
+			Contacts: contacts,
+			Log:      n.log, Clock: clk, Logger: n.logger.With("component", "sip")})
 		if err != nil {
-			st.Close()
-			return nil, fmt.Errorf("node: %w", err)
+			return fail(err)
 		}
 		regs = n.sip.Registrar()
 		if d := n.sip.Deliverer(); d != nil {
@@ -120,20 +158,33 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 	if n.sip != nil {
 		calls = n.sip
 	}
+	var cluster api.Cluster
+	if n.mesh != nil {
+		cluster = n.mesh
+	}
 	n.api = api.New(api.Params{
-		Registrations: regs, Calls: calls,
+		Registrations: regs, Calls: calls, Cluster: cluster,
 		Node: cfg.Node.ID, Tokens: cfg.APITokens, Agents: n.agents, Interactions: n.ix, Router: n.router,
 		Store: st, Log: n.log, Logger: n.logger.With("component", "api"), Ready: n.ready.Load,
 	})
 	n.ln, err = net.Listen("tcp", cfg.HTTP.Listen)
 	if err != nil {
-		if n.sip != nil {
-			n.sip.Close()
-		}
-		st.Close()
-		return nil, fmt.Errorf("node: listen http %s: %w", cfg.HTTP.Listen, err)
+		return fail(fmt.Errorf("listen http %s: %w", cfg.HTTP.Listen, err))
 	}
 	return n, nil
+}
+
+// localContacts are the contacts registered at this node for agent id (the
+// mesh answers other nodes' questions with them).
+func (n *Node) localContacts(id core.AgentID) []string {
+	if n.sip == nil {
+		return nil
+	}
+	var out []string
+	for _, b := range n.sip.Registrar().Bindings(id) {
+		out = append(out, b.Contact)
+	}
+	return out
 }
 
 // SIPAddrs returns the bound SIP UDP and TCP addresses ("" when off).
@@ -184,6 +235,9 @@ func (n *Node) Run(ctx context.Context) error {
 	g.Go(func() error { return n.router.Run(gctx, n.start) })
 	if n.sip != nil {
 		g.Go(func() error { return n.sip.Run(gctx) })
+	}
+	if n.mesh != nil {
+		g.Go(func() error { return n.mesh.Run(gctx, n.start) })
 	}
 	// Requests (event streams above all) end when shutdown starts, not after it.
 	hctx, stopHTTP := context.WithCancel(gctx)
@@ -307,6 +361,9 @@ func (n *Node) closePreviousRun(ctx context.Context) error {
 }
 
 func (n *Node) close() {
+	if n.mesh != nil {
+		n.mesh.Close()
+	}
 	n.log.Close()
 	if err := n.store.Close(); err != nil {
 		n.logger.Error("close store", "err", err)

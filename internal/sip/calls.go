@@ -58,9 +58,11 @@ type calls struct {
 	dir    Directory               // agents by id or DN, for direct calls and transfers
 	queues map[core.QueueID]QueueVoice
 	reg    *Registrar
-	dsc    *sipgo.DialogServerCache
-	dcc    *sipgo.DialogClientCache
-	host   netip.Addr
+	// contacts finds an agent's registered phones (the registrar, or the mesh).
+	contacts func(core.AgentID) []string
+	dsc      *sipgo.DialogServerCache
+	dcc      *sipgo.DialogClientCache
+	host     netip.Addr
 	// contact is the node's Contact for responses it builds itself.
 	contact sip.ContactHeader
 	// rtpTimeout ends a bridged call whose media stopped both ways.
@@ -179,6 +181,7 @@ type callsParams struct {
 	dir        Directory
 	queues     map[core.QueueID]QueueVoice
 	reg        *Registrar
+	contacts   func(core.AgentID) []string
 	client     *sipgo.Client
 	host       string
 	port       int
@@ -197,7 +200,17 @@ func newCalls(p callsParams) (*calls, error) {
 		return nil, fmt.Errorf("sip: media address %q: %w", host, err)
 	}
 	contact := sip.ContactHeader{Address: sip.Uri{Scheme: "sip", User: "ccmesh", Host: host, Port: p.port}}
-	return &calls{svc: p.svc, routes: p.routes, dir: p.dir, queues: p.queues, reg: p.reg, host: ip, contact: contact,
+	if p.contacts == nil {
+		reg := p.reg
+		p.contacts = func(id core.AgentID) []string {
+			var out []string
+			for _, b := range reg.Bindings(id) {
+				out = append(out, b.Contact)
+			}
+			return out
+		}
+	}
+	return &calls{svc: p.svc, routes: p.routes, dir: p.dir, queues: p.queues, reg: p.reg, contacts: p.contacts, host: ip, contact: contact,
 		rtpTimeout: p.rtpTimeout, maxCalls: p.maxCalls, logger: p.logger,
 		dsc: sipgo.NewDialogServerCache(p.client, contact), dcc: sipgo.NewDialogClientCache(p.client, contact),
 		byIx: map[core.InteractionID]*call{}, byA: map[*sipgo.DialogServerSession]*call{}, byB: map[*sipgo.DialogClientSession]*call{},
@@ -749,14 +762,14 @@ func (m *calls) Deliver(ix events.Interaction, tok agent.Token) {
 		_, _ = m.svc.Abandon(ix.ID, "call no longer exists")
 		return
 	}
-	binds := m.reg.Bindings(tok.Agent)
-	if len(binds) == 0 {
+	contacts := m.contacts(tok.Agent)
+	if len(contacts) == 0 {
 		m.logger.Info("sip: agent has no registered phone; offer refused", "agent", tok.Agent, "interaction", ix.ID)
 		_, _ = m.svc.Reject(ix.ID, tok.Agent)
 		return
 	}
 	var uri sip.Uri
-	if err := sip.ParseUri(binds[0].Contact, &uri); err != nil {
+	if err := sip.ParseUri(contacts[0], &uri); err != nil {
 		_, _ = m.svc.Reject(ix.ID, tok.Agent)
 		return
 	}

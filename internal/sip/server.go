@@ -41,9 +41,12 @@ type Params struct {
 	Routes       map[string]core.QueueID
 	// Queues are the queues' sounds and answer modes.
 	Queues map[core.QueueID]QueueVoice
-	Log    *events.Log
-	Clock  clock.Clock
-	Logger *slog.Logger
+	// Contacts, when set, finds where an agent's phone is registered (in a
+	// cluster: here or at the agent's owner); otherwise this node's registrar.
+	Contacts func(core.AgentID) []string
+	Log      *events.Log
+	Clock    clock.Clock
+	Logger   *slog.Logger
 }
 
 // Server is the SIP edge. Create it with New (which binds the listeners), then Run.
@@ -128,7 +131,7 @@ func New(p Params) (*Server, error) {
 			return nil, fmt.Errorf("sip: client: %w", err)
 		}
 		port := s.udp.LocalAddr().(*net.UDPAddr).Port
-		if s.calls, err = newCalls(callsParams{svc: p.Interactions, routes: p.Routes, dir: p.Directory, queues: p.Queues, reg: s.reg,
+		if s.calls, err = newCalls(callsParams{svc: p.Interactions, routes: p.Routes, dir: p.Directory, queues: p.Queues, reg: s.reg, contacts: p.Contacts,
 			client: client, host: host, port: port, rtpTimeout: p.Config.RTPTimeout.D(), maxCalls: p.Config.MaxCalls, logger: p.Logger}); err != nil {
 			s.closeListeners()
 			return nil, err

@@ -99,6 +99,11 @@ type configOpts struct {
 	sipExtra string
 	// queueExtra is appended to the sales queue's settings.
 	queueExtra string
+	// nodeID replaces node-1; extra is appended to the file; replace lists more
+	// (old, new) substitutions.
+	nodeID  string
+	extra   string
+	replace [][2]string
 }
 
 // writeConfig writes examples/single-node.yaml with port 0, the data dir and the
@@ -137,6 +142,16 @@ func writeConfig(t *testing.T, o configOpts) string {
 		}
 		s = strings.ReplaceAll(s, r.old, r.new)
 	}
+	for _, r := range o.replace {
+		if !strings.Contains(s, r[0]) {
+			t.Fatalf("examples/single-node.yaml no longer contains %q; update the e2e tests", r[0])
+		}
+		s = strings.ReplaceAll(s, r[0], r[1])
+	}
+	if o.nodeID != "" {
+		s = strings.Replace(s, "  id: node-1\n", "  id: "+o.nodeID+"\n", 1)
+	}
+	s += o.extra
 	path := filepath.Join(t.TempDir(), "ccmesh.yaml")
 	if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
 		t.Fatal(err)

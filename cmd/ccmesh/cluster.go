@@ -1,0 +1,84 @@
+package main
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ccmesh/ccmesh/internal/mesh"
+)
+
+// cluster runs `ccmesh cluster status`: the members as a running node sees them.
+func cluster(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] != "status" {
+		fmt.Fprintln(stderr, "usage: ccmesh cluster status [--url http://127.0.0.1:8080] [--token TOKEN]")
+		return 2
+	}
+	fs := flag.NewFlagSet("cluster status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	url := fs.String("url", "http://127.0.0.1:8080", "the node's HTTP API")
+	token := fs.String("token", os.Getenv("CCMESH_TOKEN"), "a supervisor or admin API token (default $CCMESH_TOKEN)")
+	asJSON := fs.Bool("json", false, "print the API's JSON")
+	if err := fs.Parse(args[1:]); err != nil {
+		return 2
+	}
+	if *token == "" {
+		fmt.Fprintln(stderr, "ccmesh cluster status: --token (or $CCMESH_TOKEN) is required: a supervisor or admin API token")
+		return 2
+	}
+	req, err := http.NewRequest("GET", strings.TrimSuffix(*url, "/")+"/api/v1/cluster", nil)
+	if err != nil {
+		fmt.Fprintf(stderr, "ccmesh cluster status: --url: %v\n", err)
+		return 2
+	}
+	req.Header.Set("Authorization", "Bearer "+*token)
+	res, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		fmt.Fprintf(stderr, "ccmesh cluster status: %v\n", err)
+		return 1
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(res.Body, 1<<20))
+	if err != nil || res.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "ccmesh cluster status: HTTP %d: %s%v\n", res.StatusCode, strings.TrimSpace(string(body)), errText(err))
+		return 1
+	}
+	if *asJSON {
+		_, _ = stdout.Write(body)
+		return 0
+	}
+	var st mesh.Status
+	if err := json.Unmarshal(body, &st); err != nil {
+		fmt.Fprintf(stderr, "ccmesh cluster status: bad answer: %v\n", err)
+		return 1
+	}
+	if !st.Enabled {
+		fmt.Fprintf(stdout, "node %s is not in a cluster\n", st.Node)
+		return 0
+	}
+	fmt.Fprintf(stdout, "cluster %s, seen from %s; NATS connected=%v embedded=%v routes=%d\n", st.Name, st.Node, st.NATS.Connected, st.NATS.Embedded, st.NATS.Routes)
+	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MEMBER\tAGENTS OWNED\tFEED SEQ\t")
+	for _, m := range st.Members {
+		seq := fmt.Sprint(m.FeedSeq)
+		if m.Self {
+			seq = "(self)"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t\n", m.ID, m.Agents, seq)
+	}
+	_ = tw.Flush()
+	return 0
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return " (" + err.Error() + ")"
+}

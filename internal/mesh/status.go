@@ -1,0 +1,66 @@
+package mesh
+
+import (
+	"slices"
+
+	"github.com/ccmesh/ccmesh/internal/core"
+)
+
+// Status is what GET /api/v1/cluster shows.
+type Status struct {
+	Enabled bool          `json:"enabled"`
+	Name    string        `json:"name,omitempty"`
+	Node    core.NodeID   `json:"node"`
+	Members []MemberState `json:"members,omitempty"`
+	// NATS is the connection to the cluster's NATS.
+	NATS NATSState `json:"nats"`
+}
+
+// MemberState is one member as this node sees it.
+type MemberState struct {
+	ID   core.NodeID `json:"id"`
+	Self bool        `json:"self"`
+	// Agents is how many agents the member owns.
+	Agents int `json:"agents"`
+	// FeedSeq is the last feed message applied from it (0: none yet); FeedGen
+	// changes when it restarts.
+	FeedSeq uint64 `json:"feed_seq"`
+	FeedGen uint64 `json:"feed_gen,omitempty"`
+}
+
+// NATSState describes the NATS connection and the embedded server.
+type NATSState struct {
+	Connected bool   `json:"connected"`
+	Embedded  bool   `json:"embedded"`
+	Routes    int    `json:"routes"`
+	ClientURL string `json:"client_url,omitempty"`
+	RoutesURL string `json:"routes_url,omitempty"`
+}
+
+// Status reports the members, who owns how many agents and how far each feed is.
+func (m *Mesh) Status() Status {
+	st := Status{Enabled: true, Name: m.p.Config.Name, Node: m.p.Node}
+	owned := map[core.NodeID]int{}
+	for _, n := range m.owners {
+		owned[n]++
+	}
+	m.mu.Lock()
+	for _, id := range m.p.Config.Members {
+		st.Members = append(st.Members, MemberState{ID: id, Self: id == m.p.Node, Agents: owned[id], FeedSeq: m.feedSeq[id], FeedGen: m.feedGen[id]})
+	}
+	m.mu.Unlock()
+	slices.SortFunc(st.Members, func(a, b MemberState) int {
+		if a.ID < b.ID {
+			return -1
+		}
+		if a.ID > b.ID {
+			return 1
+		}
+		return 0
+	})
+	st.NATS.Connected = m.nc != nil && m.nc.IsConnected()
+	if m.srv != nil {
+		st.NATS.Embedded, st.NATS.Routes, st.NATS.ClientURL, st.NATS.RoutesURL = true, m.srv.NumRoutes(), m.srv.ClientURL(), m.RoutesAddr()
+	}
+	return st
+}
