@@ -36,6 +36,22 @@ import (
 //go:embed openapi.json
 var openAPI []byte
 
+// owned refuses, in a cluster, to change an agent another node owns: only the
+// owner changes its agents (ADR 0006); the answer names that node.
+func (s *Server) owned(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if s.p.Cluster != nil {
+			id := core.AgentID(r.PathValue("id"))
+			if owner := s.p.Cluster.Owner(id); owner != "" && owner != s.p.Node {
+				writeError(w, http.StatusConflict, "agent_elsewhere",
+					fmt.Sprintf("agent %s is owned by node %s: use that node's API", id, owner))
+				return
+			}
+		}
+		h(w, r)
+	}
+}
+
 // maxBody bounds request bodies.
 const maxBody = 1 << 20
 
@@ -54,11 +70,16 @@ type Calls interface {
 // Cluster reports the node's cluster membership (nil when the node is alone).
 type Cluster interface {
 	Status() mesh.Status
+	// Owner is the node owning an agent ("" for an unknown agent).
+	Owner(core.AgentID) core.NodeID
 }
 
 // Params are the API's dependencies.
 type Params struct {
 	Cluster Cluster
+	// AllAgents are the agents that may authenticate (all the cluster's); the
+	// node's own agents (Agents) always may.
+	AllAgents []config.Agent
 	// Registrations and Calls are nil when the node runs without SIP.
 	Registrations Registrations
 	Calls         Calls
@@ -76,16 +97,22 @@ type Params struct {
 
 // Server serves the API. It is safe for concurrent use.
 type Server struct {
-	p       Params
-	mux     *http.ServeMux
-	reg     *prometheus.Registry
-	metrics *metrics
-	streams atomic.Int64
+	p Params
+	// credentials are every agent's password by id (in a cluster, the agents of
+	// other owners too: an agent authenticates anywhere, changes only at home).
+	credentials map[core.AgentID]string
+	mux         *http.ServeMux
+	reg         *prometheus.Registry
+	metrics     *metrics
+	streams     atomic.Int64
 }
 
 // New returns the API server.
 func New(p Params) *Server {
-	s := &Server{p: p, mux: http.NewServeMux(), reg: prometheus.NewRegistry()}
+	s := &Server{p: p, mux: http.NewServeMux(), reg: prometheus.NewRegistry(), credentials: map[core.AgentID]string{}}
+	for _, a := range p.AllAgents {
+		s.credentials[a.ID] = a.Password
+	}
 	if s.p.Logger == nil {
 		s.p.Logger = slog.Default()
 	}
@@ -106,9 +133,9 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /api/v1/agents", s.auth(staff, s.listAgents))
 	m.HandleFunc("GET /api/v1/agents/{id}", s.auth(selfOrStaff, s.getAgent))
 	m.HandleFunc("GET /api/v1/agents/{id}/history", s.auth(selfOrStaff, s.agentHistory))
-	m.HandleFunc("POST /api/v1/agents/{id}/login", s.auth(selfOrSupervisor, s.login))
-	m.HandleFunc("POST /api/v1/agents/{id}/logout", s.auth(selfOrSupervisor, s.logout))
-	m.HandleFunc("POST /api/v1/agents/{id}/state", s.auth(selfOrSupervisor, s.setState))
+	m.HandleFunc("POST /api/v1/agents/{id}/login", s.auth(selfOrSupervisor, s.owned(s.login)))
+	m.HandleFunc("POST /api/v1/agents/{id}/logout", s.auth(selfOrSupervisor, s.owned(s.logout)))
+	m.HandleFunc("POST /api/v1/agents/{id}/state", s.auth(selfOrSupervisor, s.owned(s.setState)))
 	m.HandleFunc("GET /api/v1/registrations", s.auth(staff, s.listRegistrations))
 	m.HandleFunc("GET /api/v1/cluster", s.auth(staff, s.clusterStatus))
 	m.HandleFunc("GET /api/v1/queues", s.auth(anyone, s.listQueues))
@@ -250,16 +277,22 @@ func (s *Server) authenticate(r *http.Request) (principal, bool) {
 	if !ok {
 		return principal{}, false
 	}
-	a, found := s.p.Agents.Config(core.AgentID(user))
+	id := core.AgentID(user)
+	want, found := s.credentials[id]
+	if !found {
+		if a, ok := s.p.Agents.Config(id); ok {
+			want, found = a.Password, true
+		}
+	}
 	if !found {
 		// Compare anyway so timing does not reveal which agent ids exist.
 		subtle.ConstantTimeCompare([]byte(pass), []byte("\x00invalid"))
 		return principal{}, false
 	}
-	if subtle.ConstantTimeCompare([]byte(a.Password), []byte(pass)) != 1 {
+	if subtle.ConstantTimeCompare([]byte(want), []byte(pass)) != 1 {
 		return principal{}, false
 	}
-	return principal{agent: a.ID, name: string(a.ID)}, true
+	return principal{agent: id, name: string(id)}, true
 }
 
 func who(r *http.Request) principal {

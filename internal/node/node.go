@@ -163,7 +163,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 		cluster = n.mesh
 	}
 	n.api = api.New(api.Params{
-		Registrations: regs, Calls: calls, Cluster: cluster,
+		Registrations: regs, Calls: calls, Cluster: cluster, AllAgents: cfg.Agents,
 		Node: cfg.Node.ID, Tokens: cfg.APITokens, Agents: n.agents, Interactions: n.ix, Router: n.router,
 		Store: st, Log: n.log, Logger: n.logger.With("component", "api"), Ready: n.ready.Load,
 	})

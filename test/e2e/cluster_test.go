@@ -62,8 +62,8 @@ func TestCallAtOneNodeAnsweredByAgentOwnedByAnother(t *testing.T) {
 	p1, p2 := procs[0], procs[1]
 	c1, c2 := newClient(t, p1.base), newClient(t, p2.base)
 	// ann cannot log in at node-1: node-2 owns her.
-	if st, _, body, _ := c1.try("POST", "/api/v1/agents/ann/login", agent("ann"), ""); st == 200 {
-		t.Fatalf("ann logged in at node-1, which does not own her: %s", body)
+	if st, _, body, _ := c1.try("POST", "/api/v1/agents/ann/login", agent("ann"), ""); st != 409 || !strings.Contains(string(body), "owned by node node-2") {
+		t.Fatalf("ann's login at node-1, which does not own her: %d %s", st, body)
 	}
 	uas := sippPhone(t, p2, "ann", "-sn", "uas")
 	c2.loginReady("sales", 1, "ann")
