@@ -54,7 +54,7 @@ import (
 var kamailioTemplate string
 
 var (
-	targets   = flag.String("targets", "ccmesh,kamailio", "servers to measure, in order: ccmesh, kamailio")
+	targets   = flag.String("targets", "ccmesh,kamailio", "servers to measure, in order: ccmesh, kamailio, cluster (three ccmesh nodes, calls at one, agents owned by the other two)")
 	nAgents   = flag.Int("agents", 200, "agents registered (a0001.., password <id>-pass)")
 	rates     = flag.String("rates", "250,500,1000,1500,2000,2500,3000", "call rates to try, in calls/s, increasing")
 	step      = flag.Duration("step", 10*time.Second, "length of each rate step (calls = rate × step)")
@@ -149,6 +149,8 @@ func run() error {
 		switch strings.TrimSpace(t) {
 		case "ccmesh":
 			srv = &ccmesh{root: root, sipPort: *basePort, httpPort: *basePort + 2}
+		case "cluster":
+			srv = newTrio(root)
 		case "kamailio":
 			if _, err := exec.LookPath("kamailio"); err != nil {
 				return errors.New("kamailio is required for the reference (apt-get install kamailio, or make bench-deps)")
@@ -197,21 +199,18 @@ func measure(ctx context.Context, root, dir string, srv server, steps []int) ([]
 	}
 	target := fmt.Sprintf("127.0.0.1:%d", sipPortOf(srv))
 	uasPort := *basePort + 20
-	users := filepath.Join(sdir, "users.csv")
-	var b strings.Builder
-	b.WriteString("SEQUENTIAL\n")
-	for i := range *nAgents {
-		fmt.Fprintf(&b, "%s;[authentication username=%s password=%s-pass]\n", agentID(i), agentID(i), agentID(i))
+	regs := map[string][]int{}
+	if r, ok := srv.(interface{ registrations() map[string][]int }); ok {
+		regs = r.registrations()
+	} else {
+		for i := range *nAgents {
+			regs[target] = append(regs[target], i)
+		}
 	}
-	if err := os.WriteFile(users, []byte(b.String()), 0o644); err != nil {
-		return nil, err
-	}
-	reg := exec.CommandContext(ctx, "sipp", target, "-sf", filepath.Join(root, "bench/sipbench/register.xml"), "-inf", users,
-		"-key", "contact_port", strconv.Itoa(uasPort), "-m", strconv.Itoa(*nAgents), "-r", "200", "-i", "127.0.0.1", "-p", "0",
-		"-nostdin", "-timeout", "60s", "-timeout_error")
-	reg.Dir = sdir
-	if out, err := reg.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("registering %d agents: %v\n%s", *nAgents, err, tail(out))
+	for to, ids := range regs {
+		if err := register(ctx, root, sdir, to, ids, uasPort); err != nil {
+			return nil, err
+		}
 	}
 	if err := srv.ready(ctx); err != nil {
 		return nil, err
@@ -247,12 +246,36 @@ func measure(ctx context.Context, root, dir string, srv server, steps []int) ([]
 	return res, nil
 }
 
+// register registers agents ids through the SIP server at target, with
+// contacts at the UAS port (sipp, digest authentication).
+func register(ctx context.Context, root, dir, target string, ids []int, uasPort int) error {
+	users := filepath.Join(dir, "users-"+strings.ReplaceAll(target, ":", "-")+".csv")
+	var b strings.Builder
+	b.WriteString("SEQUENTIAL\n")
+	for _, i := range ids {
+		fmt.Fprintf(&b, "%s;[authentication username=%s password=%s-pass]\n", agentID(i), agentID(i), agentID(i))
+	}
+	if err := os.WriteFile(users, []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	reg := exec.CommandContext(ctx, "sipp", target, "-sf", filepath.Join(root, "bench/sipbench/register.xml"), "-inf", users,
+		"-key", "contact_port", strconv.Itoa(uasPort), "-m", strconv.Itoa(len(ids)), "-r", "200", "-i", "127.0.0.1", "-p", "0",
+		"-nostdin", "-timeout", "60s", "-timeout_error")
+	reg.Dir = dir
+	if out, err := reg.CombinedOutput(); err != nil {
+		return fmt.Errorf("registering %d agents at %s: %v\n%s", len(ids), target, err, tail(out))
+	}
+	return nil
+}
+
 func sipPortOf(s server) int {
 	switch v := s.(type) {
 	case *ccmesh:
 		return v.sipPort
 	case *kamailio:
 		return v.sipPort
+	case *trio:
+		return v.members[0].sipPort
 	}
 	return 0
 }
@@ -501,10 +524,15 @@ func report(order []string, all map[string][]result) {
 	}
 }
 
-// ccmesh is the node under test: one queue (DN 20001) with -agents agents.
+// ccmesh is the node under test: one queue (DN 20001) with -agents agents. As a
+// member of the three-node benchmark cluster it also has a node id, a cluster
+// section and the homes of the agents (it logs in only those it owns).
 type ccmesh struct {
 	root              string
 	sipPort, httpPort int
+	node              string         // default bench-1
+	cluster           string         // YAML of the cluster section, "" alone
+	homes             map[int]string // agent index → home node, in a cluster
 	cmd               *exec.Cmd
 }
 
@@ -517,17 +545,26 @@ func (c *ccmesh) start(ctx context.Context, dir string) error {
 	if out, err := build.CombinedOutput(); err != nil {
 		return fmt.Errorf("go build: %v\n%s", err, out)
 	}
+	node := c.node
+	if node == "" {
+		node = "bench-1"
+	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "node:\n  id: bench-1\n  data_dir: %q\n  drain_timeout: 5s\n", filepath.Join(dir, "data"))
+	fmt.Fprintf(&b, "node:\n  id: %s\n  data_dir: %q\n  drain_timeout: 5s\n", node, filepath.Join(dir, "data"))
 	fmt.Fprintf(&b, "http:\n  listen: 127.0.0.1:%d\n", c.httpPort)
 	b.WriteString("api_tokens:\n  - {name: admin, token: ccmesh-admin-token-change-me, role: admin}\n")
 	fmt.Fprintf(&b, "sip:\n  listen_udp: 127.0.0.1:%d\n  listen_tcp: \"\"\n  digest_algorithms: [MD5]\n  max_calls: 20000\n", c.sipPort)
 	b.WriteString("agents:\n")
 	for i := range *nAgents {
 		id := agentID(i)
-		fmt.Fprintf(&b, "  - {id: %s, dn: \"1%04d\", password: %s-pass, skills: {s: 5}, capacity: {voice: 1, chat: 0, callback: 0, task: 0}}\n", id, i+1, id)
+		home := ""
+		if h := c.homes[i]; h != "" {
+			home = ", home: " + h
+		}
+		fmt.Fprintf(&b, "  - {id: %s, dn: \"1%04d\", password: %s-pass, skills: {s: 5}, capacity: {voice: 1, chat: 0, callback: 0, task: 0}%s}\n", id, i+1, id, home)
 	}
 	fmt.Fprintf(&b, "queues:\n  - {id: q1, dn: \"20001\", skills: {s: 5}, offer_timeout: 20s, wrap_up: \"0s\", media: %s}\n", *mediaArg)
+	b.WriteString(c.cluster)
 	cfg := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(cfg, []byte(b.String()), 0o644); err != nil {
 		return err
@@ -563,6 +600,9 @@ func (c *ccmesh) ready(ctx context.Context) error {
 	var mu sync.Mutex
 	var first error
 	for i := range *nAgents {
+		if c.homes != nil && c.homes[i] != c.node {
+			continue // another member owns it
+		}
 		id := agentID(i)
 		wg.Add(1)
 		sem <- struct{}{}
@@ -611,6 +651,86 @@ func (c *ccmesh) stop() {
 			_ = c.cmd.Process.Kill()
 			<-done
 		}
+	}
+}
+
+// trio is a three-node ccmesh cluster: calls reach member 1, the agents are
+// owned by members 2 and 3 (alternately) and their phones registered there, so
+// every call is reserved at another node through the mesh and its agent's
+// phone found through the owner, with media anchored at member 1.
+type trio struct {
+	members [3]*ccmesh
+}
+
+func newTrio(root string) *trio {
+	t := &trio{}
+	homes := map[int]string{}
+	for i := range *nAgents {
+		homes[i] = []string{"node-2", "node-3"}[i%2]
+	}
+	for k := range t.members {
+		port := *basePort + 30 + 10*k
+		t.members[k] = &ccmesh{root: root, sipPort: port, httpPort: port + 1, node: fmt.Sprintf("node-%d", k+1), homes: homes}
+	}
+	return t
+}
+
+func (t *trio) name() string { return "ccmesh-3-nodes" }
+
+func (t *trio) start(ctx context.Context, dir string) error {
+	for k, m := range t.members {
+		var peers []string
+		for j := range t.members {
+			if j != k {
+				peers = append(peers, fmt.Sprintf("nats-route://127.0.0.1:%d", *basePort+33+10*j))
+			}
+		}
+		m.cluster = fmt.Sprintf("cluster:\n  name: bench\n  members: [node-1, node-2, node-3]\n  listen: 127.0.0.1:%d\n  routes_listen: 127.0.0.1:%d\n  peers: [%s]\n",
+			*basePort+32+10*k, *basePort+33+10*k, strings.Join(peers, ", "))
+		mdir := filepath.Join(dir, m.node)
+		if err := os.MkdirAll(mdir, 0o755); err != nil {
+			return err
+		}
+		if err := m.start(ctx, mdir); err != nil {
+			return fmt.Errorf("%s: %w", m.node, err)
+		}
+	}
+	time.Sleep(2 * time.Second) // routes connect and the feeds sync
+	return nil
+}
+
+// registrations sends each agent's REGISTER to its owner.
+func (t *trio) registrations() map[string][]int {
+	out := map[string][]int{}
+	for i := range *nAgents {
+		m := t.members[1+i%2]
+		target := fmt.Sprintf("127.0.0.1:%d", m.sipPort)
+		out[target] = append(out[target], i)
+	}
+	return out
+}
+
+func (t *trio) ready(ctx context.Context) error {
+	for _, m := range t.members {
+		if err := m.ready(ctx); err != nil {
+			return err
+		}
+	}
+	time.Sleep(time.Second) // member 1 sees every agent ready through the feeds
+	return nil
+}
+
+func (t *trio) pids() []int {
+	var out []int
+	for _, m := range t.members {
+		out = append(out, m.pids()...)
+	}
+	return out
+}
+
+func (t *trio) stop() {
+	for _, m := range t.members {
+		m.stop()
 	}
 }
 

@@ -35,8 +35,13 @@ type testNode struct {
 
 var members = []core.NodeID{"n1", "n2", "n3"}
 
+// startClusterB is startCluster for benchmarks, with one task queue.
+func startClusterB(b *testing.B, agents []config.Agent) []*testNode {
+	return startCluster(b, agents, []config.Queue{taskQueue("q")}, nil)
+}
+
 // startCluster starts three members on loopback, clustered over routes to n1.
-func startCluster(t *testing.T, agents []config.Agent, queues []config.Queue, deliver func(*testNode) interaction.Deliverer) []*testNode {
+func startCluster(t testing.TB, agents []config.Agent, queues []config.Queue, deliver func(*testNode) interaction.Deliverer) []*testNode {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -302,10 +307,10 @@ func (autoWorker) Ended(core.InteractionID, string)         {}
 // once to 300 agents spread over them by ownership (capacity 1 each), every
 // reservation of a remote agent going through its owner. Then an audit replays
 // each owner's lease events: no agent ever held more leases than its capacity,
-// and every lease ended. MESH_STRESS_INTERACTIONS raises the count (default
-// 30,000 in `make test`; docs/BENCHMARKS.md reports a 100,000 run).
+// and every lease ended. MESH_STRESS_INTERACTIONS changes the count (default
+// 100,000). The logs are in memory only here (no SQLite writer).
 func TestClusterStressNeverOverbooks(t *testing.T) {
-	total := 30000
+	total := 100000
 	if v := os.Getenv("MESH_STRESS_INTERACTIONS"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n <= 0 {
@@ -330,13 +335,17 @@ func TestClusterStressNeverOverbooks(t *testing.T) {
 	start := time.Now()
 	var wg sync.WaitGroup
 	var failed atomic.Int64
-	per := total / len(nodes) / 4
-	for _, n := range nodes {
-		for range 4 {
+	creators := len(nodes) * 4
+	for k, n := range nodes {
+		for c := range 4 {
+			count := total / creators
+			if k*4+c < total%creators {
+				count++
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for range per {
+				for range count {
 					for {
 						_, _, err := n.ix.Create(interaction.CreateRequest{Channel: core.ChannelTask, Queue: "q"})
 						if errors.Is(err, interaction.ErrBusy) {
@@ -353,7 +362,7 @@ func TestClusterStressNeverOverbooks(t *testing.T) {
 		}
 	}
 	wg.Wait()
-	want := int64(per * 4 * len(nodes))
+	want := int64(total)
 	deadline := time.Now().Add(3 * time.Minute)
 	for done.Load() < want && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
