@@ -50,6 +50,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ccmesh/ccmesh/bench/internal/procstat"
 )
 
 var (
@@ -302,7 +304,7 @@ func run() error {
 	if pid == 0 {
 		pid = pidOf(u.Port())
 	}
-	before, selfBefore := readProc(pid), readProc(os.Getpid())
+	before, selfBefore := procstat.Read(pid), procstat.Read(os.Getpid())
 
 	// Create for -duration (or -max creates), then let the lifecycles finish.
 	createCtx, cancelCreate := context.WithTimeout(ctx, *duration)
@@ -320,7 +322,7 @@ func run() error {
 		time.Sleep(20 * time.Millisecond)
 	}
 	total := time.Since(start)
-	after, selfAfter := readProc(pid), readProc(os.Getpid())
+	after, selfAfter := procstat.Read(pid), procstat.Read(os.Getpid())
 	waiting := l.waiting()
 	cancelRun()
 	bg.Wait()
@@ -349,15 +351,15 @@ func run() error {
 	if s := l.misc.String(); s != "none" {
 		fmt.Printf("  other                %s\n", s)
 	}
-	if after.ok && before.ok {
-		cpu := after.cpu - before.cpu
+	if after.OK && before.OK {
+		cpu := after.CPU - before.CPU
 		fmt.Printf("  node process         pid %d: RSS %.1f MiB (peak %.1f MiB), CPU %.2fs over %.2fs = %.2f cores\n",
-			pid, after.rssMiB, after.hwmMiB, cpu.Seconds(), total.Seconds(), cpu.Seconds()/total.Seconds())
+			pid, after.RSSMiB, after.HWMMiB, cpu.Seconds(), total.Seconds(), cpu.Seconds()/total.Seconds())
 	} else {
 		fmt.Printf("  node process         not found (give -pid)\n")
 	}
-	if selfAfter.ok && selfBefore.ok {
-		cpu := selfAfter.cpu - selfBefore.cpu
+	if selfAfter.OK && selfBefore.OK {
+		cpu := selfAfter.CPU - selfBefore.CPU
 		fmt.Printf("  apiload itself       CPU %.2fs = %.2f cores (same machine)\n", cpu.Seconds(), cpu.Seconds()/total.Seconds())
 	}
 	return nil
@@ -598,46 +600,4 @@ func pidOf(port string) int {
 		return n
 	}
 	return 0
-}
-
-type procStat struct {
-	ok             bool
-	cpu            time.Duration // user + system
-	rssMiB, hwmMiB float64
-}
-
-// readProc reads a process's CPU time and resident memory from /proc.
-func readProc(pid int) procStat {
-	var p procStat
-	if pid <= 0 {
-		return p
-	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return p
-	}
-	// Fields after the command name "(...)": state is field 3, utime 14, stime 15.
-	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-	if len(f) < 13 {
-		return p
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	stt, _ := strconv.ParseInt(f[12], 10, 64)
-	p.cpu = time.Duration(ut+stt) * time.Second / 100 // USER_HZ is 100 on Linux
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return p
-	}
-	for line := range strings.Lines(string(status)) {
-		k, v, _ := strings.Cut(line, ":")
-		kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-		switch k {
-		case "VmRSS":
-			p.rssMiB = kb / 1024
-		case "VmHWM":
-			p.hwmMiB = kb / 1024
-		}
-	}
-	p.ok = true
-	return p
 }

@@ -84,6 +84,7 @@ import (
 	"github.com/emiago/sipgo"
 	"github.com/emiago/sipgo/sip"
 
+	"github.com/ccmesh/ccmesh/bench/internal/procstat"
 	"github.com/ccmesh/ccmesh/internal/sdp"
 )
 
@@ -311,12 +312,12 @@ func (l *load) bye(f func(context.Context) error) bool {
 // snapshot is what is sampled at the edges of the measured window.
 type snapshot struct {
 	at         time.Time
-	node, self procStat
+	node, self procstat.Stat
 	udp        map[string]int64
 }
 
 func (l *load) snap(pid int) snapshot {
-	return snapshot{at: time.Now(), node: readProc(pid), self: readProc(os.Getpid()), udp: udpCounters()}
+	return snapshot{at: time.Now(), node: procstat.Read(pid), self: procstat.Read(os.Getpid()), udp: udpCounters()}
 }
 
 func run() (int, error) {
@@ -559,7 +560,7 @@ func (l *load) progress(ctx context.Context, pid int) {
 		over := cur.at.Sub(prev.at)
 		fmt.Fprintf(os.Stderr, "rtpload: %4.0fs placed %d answered %d bridged %d failed %d | node %.2f cores, RSS %.0f MiB | rtpload %.2f cores\n",
 			l.now().Seconds(), l.placed.Load(), l.answered.Load(), l.bridged.Load(), l.failedCount(),
-			cores(prev.node, cur.node, over), cur.node.rssMiB, cores(prev.self, cur.self, over))
+			procstat.Cores(prev.node, cur.node, over), cur.node.RSSMiB, procstat.Cores(prev.self, cur.self, over))
 		prev = cur
 	}
 }
@@ -740,13 +741,13 @@ func (l *load) report(in reportInput) bool {
 	}
 	if window > 0 {
 		fmt.Printf("node: CPU %.2f cores in the window, %.2f cores during ramp-up (%.1fs); RSS %.1f MiB at the end of the window, peak (VmHWM) %.1f MiB\n",
-			cores(in.win0.node, in.win1.node, window), cores(in.start.node, in.win0.node, ramp), ramp.Seconds(), in.win1.node.rssMiB, in.win1.node.hwmMiB)
+			procstat.Cores(in.win0.node, in.win1.node, window), procstat.Cores(in.start.node, in.win0.node, ramp), ramp.Seconds(), in.win1.node.RSSMiB, in.win1.node.HWMMiB)
 		fmt.Printf("rtpload: CPU %.2f cores in the window, %.2f cores during ramp-up; RSS %.1f MiB at the end of the window, peak %.1f MiB\n",
-			cores(in.win0.self, in.win1.self, window), cores(in.start.self, in.win0.self, ramp), in.win1.self.rssMiB, in.win1.self.hwmMiB)
+			procstat.Cores(in.win0.self, in.win1.self, window), procstat.Cores(in.start.self, in.win0.self, ramp), in.win1.self.RSSMiB, in.win1.self.HWMMiB)
 	}
 	total := in.end.at.Sub(in.start.at)
 	fmt.Printf("whole run (%.1fs from the first INVITE): node %.2f cores, rtpload %.2f cores\n",
-		total.Seconds(), cores(in.start.node, in.end.node, total), cores(in.start.self, in.end.self, total))
+		total.Seconds(), procstat.Cores(in.start.node, in.end.node, total), procstat.Cores(in.start.self, in.end.self, total))
 	lines, byLevel, msgs := logSummary(in.log)
 	fmt.Printf("node log: %d lines, %d ERROR, %d WARN", lines, byLevel["ERROR"], byLevel["WARN"])
 	if len(msgs) > 0 {

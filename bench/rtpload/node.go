@@ -219,53 +219,6 @@ func field(line, key string) string {
 	return v
 }
 
-// procStat is a process's CPU time and memory from /proc.
-type procStat struct {
-	ok             bool
-	cpu            time.Duration // user + system
-	rssMiB, hwmMiB float64
-}
-
-func readProc(pid int) procStat {
-	var p procStat
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return p
-	}
-	// Fields after the command name "(...)": state is field 3, utime 14, stime 15.
-	f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-	if len(f) < 13 {
-		return p
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	p.cpu = time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return p
-	}
-	for line := range strings.Lines(string(status)) {
-		k, v, _ := strings.Cut(line, ":")
-		kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
-		switch k {
-		case "VmRSS":
-			p.rssMiB = kb / 1024
-		case "VmHWM":
-			p.hwmMiB = kb / 1024
-		}
-	}
-	p.ok = true
-	return p
-}
-
-// cores is the CPU used between two samples, in cores.
-func cores(a, b procStat, over time.Duration) float64 {
-	if !a.ok || !b.ok || over <= 0 {
-		return 0
-	}
-	return (b.cpu - a.cpu).Seconds() / over.Seconds()
-}
-
 // udpCounters reads the kernel's UDP counters (whole machine) from /proc/net/snmp.
 func udpCounters() map[string]int64 {
 	m := map[string]int64{}

@@ -48,6 +48,8 @@ import (
 	"syscall"
 	"text/template"
 	"time"
+
+	"github.com/ccmesh/ccmesh/bench/internal/procstat"
 )
 
 //go:embed kamailio.cfg.tmpl
@@ -405,21 +407,11 @@ func pct(sorted []float64, p float64) float64 {
 	return sorted[max(0, min(i, len(sorted)-1))]
 }
 
-// ticks sums user+system CPU seconds of pids and their children processes.
+// ticks sums the CPU seconds used so far by pids.
 func ticks(pids []int) float64 {
 	var total float64
 	for _, pid := range pids {
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			continue
-		}
-		s := string(data)
-		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-		if len(f) > 12 {
-			u, _ := strconv.ParseFloat(f[11], 64)
-			k, _ := strconv.ParseFloat(f[12], 64)
-			total += (u + k) / 100 // USER_HZ
-		}
+		total += procstat.Read(pid).CPU.Seconds()
 	}
 	return total
 }
@@ -427,44 +419,11 @@ func ticks(pids []int) float64 {
 // rssMiB sums the proportional set size (Pss) of pids: shared memory (Kamailio's
 // workers share one segment) is counted once in total, not once per process.
 func rssMiB(pids []int) float64 {
-	var kb float64
+	var mib float64
 	for _, pid := range pids {
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(data), "\n") {
-			if strings.HasPrefix(line, "Pss:") {
-				if f := strings.Fields(line); len(f) >= 2 {
-					v, _ := strconv.ParseFloat(f[1], 64)
-					kb += v
-				}
-			}
-		}
+		mib += procstat.Read(pid).PSSMiB
 	}
-	return kb / 1024
-}
-
-// childrenOf lists pid and its direct children (Kamailio's workers).
-func childrenOf(pid int) []int {
-	out := []int{pid}
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		n, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", n))
-		if err != nil {
-			continue
-		}
-		s := string(data)
-		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
-			out = append(out, n)
-		}
-	}
-	return out
+	return mib
 }
 
 func parseBgPID(out string) int {
@@ -797,7 +756,7 @@ func (k *kamailio) pids() []int {
 	if k.cmd == nil || k.cmd.Process == nil {
 		return nil
 	}
-	return childrenOf(k.cmd.Process.Pid)
+	return procstat.Children(k.cmd.Process.Pid)
 }
 
 func (k *kamailio) stop() {
