@@ -146,14 +146,7 @@ func TestQueueAnswerModeClosedTargetAndCallLimit(t *testing.T) {
 		c.loginReady("sales", 1, "ann")
 		toAgent, _ := answeredBy(t, phone)
 		speak(t, phone, toAgent, call, 0x42)
-		if err := call.caller.Bye(ctx); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case <-phone.byes:
-		case <-time.After(5 * time.Second):
-			t.Fatal("the agent's phone got no BYE")
-		}
+		hangUp(ctx, t, call.caller, phone)
 	})
 	t.Run("closed target", func(t *testing.T) {
 		t.Parallel()
@@ -250,12 +243,5 @@ func TestDirectMediaPassesSDPThrough(t *testing.T) {
 	if res, err := agentDlg.Do(ctx, req); err != nil || res.StatusCode != 488 {
 		t.Fatalf("hold with direct media: %v %v, want 488", res, err)
 	}
-	if err := dlg.Bye(ctx); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-phone.byes:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the agent's phone got no BYE")
-	}
+	hangUp(ctx, t, dlg, phone)
 }

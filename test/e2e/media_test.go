@@ -222,14 +222,7 @@ func TestMediaAnchoredAtTheNode(t *testing.T) {
 		t.Fatalf("DTMF event %d, want 5", dtmf.Payload[0])
 	}
 	// 6. The caller hangs up: the agent's leg is hung up too.
-	if err := dlg.Bye(ctx); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-phone.byes:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the agent's phone got no BYE")
-	}
+	hangUp(ctx, t, dlg, phone)
 	eventually(t, 5*time.Second, "the call in wrap-up", func() bool {
 		list := decode[struct {
 			Interactions []ixBody `json:"interactions"`

@@ -163,14 +163,7 @@ func TestAgentHoldPlaysMusicThenResumes(t *testing.T) {
 			t.Fatalf("metrics lack %s", want)
 		}
 	}
-	if err := call.caller.Bye(ctx); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-phone.byes:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the agent's phone got no BYE")
-	}
+	hangUp(ctx, t, call.caller, phone)
 }
 
 // Blind transfers by REFER: ann sends the caller to the support queue (NOTIFY
@@ -244,14 +237,7 @@ func TestBlindTransferToQueueThenToAgentDN(t *testing.T) {
 	if want := "created,queued,offered,connected,queued,offered,connected,offered,connected"; states != want {
 		t.Fatalf("lifecycle %s, want %s", states, want)
 	}
-	if err := call.caller.Bye(ctx); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-dev.byes:
-	case <-time.After(5 * time.Second):
-		t.Fatal("dev's phone got no BYE")
-	}
+	hangUp(ctx, t, call.caller, dev)
 }
 
 // The same branches with sipp as the agents' phones: a sipp phone holds and
@@ -315,6 +301,19 @@ func TestSippAgentHoldsAndTransfers(t *testing.T) {
 			t.Fatalf("lifecycle %s", states)
 		}
 	})
+}
+
+// hangUp sends the caller's BYE and waits for the node to BYE the agent's phone.
+func hangUp(ctx context.Context, t *testing.T, caller *sipgo.DialogClientSession, phone *goPhone) {
+	t.Helper()
+	if err := caller.Bye(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-phone.byes:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the agent's phone got no BYE")
+	}
 }
 
 // rawSIP sends msg (CRLF line ends added) over UDP to node and returns the status
@@ -387,9 +386,7 @@ func TestDirectCallsAndInDialogHygiene(t *testing.T) {
 	if got := rawSIP(t, raw, p.sipUDP, rawInvite(local, p.sipUDP, "1004", "z9hG4bK-b", "direct-2@test"), time.Second); !contains(got, "SIP/2.0 486") {
 		t.Fatalf("INVITE to a busy agent's DN: %v, want 486", got)
 	}
-	if err := call.caller.Bye(ctx); err != nil {
-		t.Fatal(err)
-	}
+	hangUp(ctx, t, call.caller, dev)
 
 	for _, m := range []string{"BYE", "INVITE", "REFER"} {
 		msg := m + " sip:ccmesh@" + p.sipUDP + " SIP/2.0\nVia: SIP/2.0/UDP " + local + ";branch=z9hG4bK-" + m + "\n" +
