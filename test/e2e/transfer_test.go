@@ -448,3 +448,40 @@ func TestCallEndedWhenMediaStops(t *testing.T) {
 		t.Fatalf("no media timeout in the history:\n%s", body)
 	}
 }
+
+// The caller hangs up while the agent's phone rings (sipp on both sides): the
+// node CANCELs the ring, the interaction ends abandoned with its wait recorded,
+// and the agent's reservation is released without a missed-offer penalty.
+func TestCallerAbandonsWhileAgentPhoneRings(t *testing.T) {
+	t.Parallel()
+	p := serve(t, writeConfig(t, configOpts{dataDir: t.TempDir(), digest: "[MD5, SHA-256]"}))
+	c := newClient(t, p.base)
+	uas := annsPhone(t, p, c, "-sf", mustAbs(t, "sipp/agent_noanswer.xml"))
+	if code, out := sipp(t, "caller_cancel.xml", p.sipUDP, "u1", nil, 1, "-s", "2001", "-d", "1500"); code != 0 {
+		t.Fatalf("caller: exit %d\n%s", code, out)
+	}
+	select {
+	case res := <-uas:
+		if !strings.HasPrefix(res, "exit 0") {
+			t.Fatalf("ann's phone (expects the node's CANCEL): %s", res)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("ann's phone was not cancelled")
+	}
+	var list []ixBody
+	eventually(t, 2*time.Second, "the call abandoned", func() bool {
+		list = decode[struct {
+			Interactions []ixBody `json:"interactions"`
+		}](t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200)).Interactions
+		return len(list) == 1 && list[0].State == "abandoned"
+	})
+	if states := strings.Join(c.states(list[0].ID), ","); states != "created,queued,offered,abandoned" {
+		t.Fatalf("lifecycle %s", states)
+	}
+	if body := string(c.call("GET", "/api/v1/interactions/"+list[0].ID+"/events", admin(), "", 200)); !strings.Contains(body, `"outcome": "released"`) {
+		t.Fatalf("the lease was not released:\n%s", body)
+	}
+	if st := decode[agentBody](t, c.call("GET", "/api/v1/agents/ann", agent("ann"), "", 200)).State; st.State != "ready" {
+		t.Fatalf("ann after the caller hung up during the ring: %+v (no penalty expected)", st)
+	}
+}
