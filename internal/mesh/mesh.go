@@ -11,6 +11,8 @@
 //	              reject, release, complete, snapshot)
 //	feed.<node>   the owner's agent states, numbered per owner (gaps → resync)
 //	lease.<node>  leases that ended at their owner, for the node that asked
+//	heads.<node>  the member's best waiting interaction per queue and channel,
+//	              so a freed agent goes to the best one cluster-wide
 package mesh
 
 import (
@@ -82,7 +84,9 @@ type Mesh struct {
 	resyncing map[core.NodeID]bool
 	// requesters are the nodes holding leases this node granted.
 	requesters map[agent.Token]core.NodeID
-	subs       []*nats.Subscription
+	// heads are the other members' best waiting interactions (fairness).
+	heads map[core.NodeID]remoteHeads
+	subs  []*nats.Subscription
 }
 
 // New starts the embedded NATS server (unless the config names an external
@@ -94,7 +98,7 @@ func New(p Params) (*Mesh, error) {
 	m := &Mesh{p: p, prefix: "ccm." + p.Config.Name + ".", owners: Owners(p.Config.Members, p.Agents),
 		timeout: p.Config.RequestTimeout.D(), logger: p.Logger,
 		remote: map[core.AgentID]events.AgentState{}, feedGen: map[core.NodeID]uint64{}, feedSeq: map[core.NodeID]uint64{}, resyncing: map[core.NodeID]bool{},
-		requesters: map[agent.Token]core.NodeID{}}
+		requesters: map[agent.Token]core.NodeID{}, heads: map[core.NodeID]remoteHeads{}}
 	if m.timeout <= 0 {
 		m.timeout = config.DefaultRequestTimeout.D()
 	}
@@ -247,6 +251,9 @@ func (m *Mesh) Run(ctx context.Context, after uint64) error {
 			go m.resync(n)
 		}
 	}
+	if src, ok := m.view.(HeadsSource); ok {
+		go m.publishHeads(ctx, src)
+	}
 	err := m.publishFeed(ctx, after)
 	for _, s := range m.subs {
 		_ = s.Unsubscribe()
@@ -277,6 +284,7 @@ func (m *Mesh) subscribe() error {
 		{m.subject("rpc", m.p.Node), m.serveRPC},
 		{m.prefix + "feed.*", m.onFeed},
 		{m.subject("lease", m.p.Node), m.onLeaseEnd},
+		{m.prefix + "heads.*", m.onHeads},
 	} {
 		sub, err := m.nc.Subscribe(s.subj, s.h)
 		if err != nil {

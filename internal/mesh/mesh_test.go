@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -64,7 +65,7 @@ func startCluster(t testing.TB, agents []config.Agent, queues []config.Queue, de
 		if n.mesh, err = New(Params{Config: cfg, Node: id, Agents: agents, Local: n.agents, Log: n.log, Logger: logger}); err != nil {
 			t.Fatal(err)
 		}
-		if n.router, err = router.New(router.Params{Queues: queues, Agents: agents, Reserver: n.mesh, Offerer: n.ix, Owner: n.mesh,
+		if n.router, err = router.New(router.Params{Queues: queues, Agents: agents, Reserver: n.mesh, Offerer: n.ix, Owner: n.mesh, Fairness: n.mesh,
 			OnTimeout: n.ix.TimedOut, Log: n.log, Clock: clock.Real{}, Logger: logger, TickInterval: 20 * time.Millisecond}); err != nil {
 			t.Fatal(err)
 		}
@@ -412,5 +413,64 @@ func TestClusterStressNeverOverbooks(t *testing.T) {
 	}
 	if remote != 0 {
 		t.Fatalf("%d leases granted to other nodes are still remembered by their owners", remote)
+	}
+}
+
+// served records the order in which offers reach agents, across members, and
+// works each offer for a short while.
+type served struct {
+	n     *testNode
+	mu    *sync.Mutex
+	order *[]core.InteractionID
+}
+
+func (s served) Deliver(ix events.Interaction, tok agent.Token) {
+	s.mu.Lock()
+	*s.order = append(*s.order, ix.ID)
+	s.mu.Unlock()
+	if _, err := s.n.ix.Accept(ix.ID, tok.Agent); err != nil {
+		return
+	}
+	time.Sleep(30 * time.Millisecond)
+	_, _ = s.n.ix.Complete(ix.ID, tok.Agent)
+}
+func (served) Withdraw(core.InteractionID, agent.Token) {}
+func (served) Ended(core.InteractionID, string)         {}
+
+// Fairness across members: interactions wait at all three members (created
+// 300 ms apart, round the members, none at the agent's owner first) while the
+// only agent is away; when she gets ready she takes them oldest first, wherever
+// each one waits — not the owner's own first, not whichever member hears of her
+// first. The tolerance is FairnessTolerance (100 ms): interactions enqueued
+// closer together than that may be served in either order.
+func TestFreedAgentGoesToTheOldestInteractionClusterWide(t *testing.T) {
+	agents := []config.Agent{taskAgent("fay", "n2", 1)}
+	var mu sync.Mutex
+	var order []core.InteractionID
+	nodes := startCluster(t, agents, []config.Queue{taskQueue("q")}, func(n *testNode) interaction.Deliverer {
+		return served{n: n, mu: &mu, order: &order}
+	})
+	n2 := node(nodes, "n2")
+	must(t, n2.agents.Login("fay")) // logged in, not ready: everything waits
+	var created []core.InteractionID
+	for i, id := range []core.NodeID{"n1", "n3", "n2", "n1", "n3", "n2"} {
+		if i > 0 {
+			time.Sleep(300 * time.Millisecond)
+		}
+		ix, _, err := node(nodes, id).ix.Create(interaction.CreateRequest{Channel: core.ChannelTask, Queue: "q"})
+		must(t, err)
+		created = append(created, ix.ID)
+	}
+	time.Sleep(100 * time.Millisecond) // the heads reach every member
+	must(t, n2.agents.SetReady("fay"))
+	eventually(t, "all six served", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(order) == len(created)
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(order, created) {
+		t.Fatalf("served in the order %v, want the creation order %v", order, created)
 	}
 }

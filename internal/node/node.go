@@ -81,6 +81,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 		router.Snapshotter
 		interaction.Agents
 	} = n.agents
+	var fairness router.Fairness // in a cluster: a freed agent goes to the best interaction cluster-wide
 	// fail releases what is already open when start-up cannot complete.
 	fail := func(err error) (*Node, error) {
 		if n.sip != nil {
@@ -98,14 +99,14 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 		if err != nil {
 			return fail(err)
 		}
-		owners = n.mesh
+		owners, fairness = n.mesh, n.mesh
 	}
 	n.ix, err = interaction.NewService(interaction.Params{Queues: cfg.Queues, Log: n.log, Clock: clk, Logger: n.logger.With("component", "interaction")})
 	if err != nil {
 		return fail(err)
 	}
 	n.router, err = router.New(router.Params{
-		Queues: cfg.Queues, Agents: cfg.Agents, Reserver: owners, Offerer: n.ix, Owner: owners, OnTimeout: n.ix.TimedOut,
+		Queues: cfg.Queues, Agents: cfg.Agents, Reserver: owners, Offerer: n.ix, Owner: owners, Fairness: fairness, OnTimeout: n.ix.TimedOut,
 		Log: n.log, Clock: clk, Logger: n.logger.With("component", "router"),
 		MaxWaiting: cfg.Routing.MaxWaiting, Candidates: cfg.Routing.DecisionCandidates,
 	})

@@ -105,6 +105,9 @@ type Params struct {
 	Offerer  Offerer
 	// Owner resyncs the view after a feed gap (optional).
 	Owner Snapshotter
+	// Fairness, in a cluster, defers a freed agent to another node's better
+	// waiting interaction (optional).
+	Fairness Fairness
 	// OnTimeout is told of interactions that exceeded their queue's max wait.
 	OnTimeout TimeoutFunc
 	Log       *events.Log
@@ -174,6 +177,7 @@ type Router struct {
 	reserver   Reserver
 	offerer    Offerer
 	owner      Snapshotter
+	fair       Fairness
 	onTimeout  TimeoutFunc
 	log        *events.Log
 	clock      clock.Clock
@@ -198,7 +202,7 @@ type Router struct {
 // New compiles the queues' eligibility and returns a Router with every agent unavailable.
 func New(p Params) (*Router, error) {
 	r := &Router{
-		reserver: p.Reserver, offerer: p.Offerer, owner: p.Owner, onTimeout: p.OnTimeout, log: p.Log, clock: p.Clock, logger: p.Logger,
+		reserver: p.Reserver, offerer: p.Offerer, owner: p.Owner, fair: p.Fairness, onTimeout: p.OnTimeout, log: p.Log, clock: p.Clock, logger: p.Logger,
 		maxWaiting: p.MaxWaiting, candidates: p.Candidates, tick: p.TickInterval,
 		queues: map[core.QueueID]*queue{}, agents: map[core.AgentID]*agentView{}, waiters: map[core.InteractionID]*waiter{},
 	}
@@ -646,7 +650,13 @@ func (r *Router) agentFreedLocked(v *agentView) {
 					break // waiting is sorted: the first fit is the queue's best
 				}
 			}
-			if best == nil || !r.routeAgentLocked(best, v) {
+			if best == nil {
+				break
+			}
+			if r.fair != nil && r.fair.Defer(v.queueIDs(), ch, best.Priority, best.EnqueuedAt) {
+				break // an interaction waiting at another node goes first
+			}
+			if !r.routeAgentLocked(best, v) {
 				break
 			}
 		}

@@ -1,0 +1,112 @@
+package mesh
+
+import (
+	"context"
+	"encoding/json"
+	"slices"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/ccmesh/ccmesh/internal/core"
+	"github.com/ccmesh/ccmesh/internal/router"
+)
+
+// Heads are published every headsEvery when they changed, and at least every
+// headsRefresh; heads older than headsStale are ignored (a member that went
+// quiet must not hold agents back).
+const (
+	// FairnessTolerance is how much earlier another member's interaction must
+	// have been enqueued (at the same priority) for this node to leave a freed
+	// agent to it: within it, whichever member sees the agent first takes it.
+	// It absorbs the heads' staleness (headsEvery plus transit), so members do
+	// not defer to interactions already served.
+	FairnessTolerance = 100 * time.Millisecond
+	headsEvery        = 20 * time.Millisecond
+	headsRefresh      = 500 * time.Millisecond
+	headsStale        = 2 * time.Second
+)
+
+// HeadsSource is the router's side of fairness.
+type HeadsSource interface {
+	Heads() []router.Head
+	Recheck()
+}
+
+type headsMsg struct {
+	From  core.NodeID   `json:"from"`
+	Heads []router.Head `json:"heads"`
+}
+
+type remoteHeads struct {
+	at    time.Time
+	heads []router.Head
+}
+
+// publishHeads tells the other members this node's best waiting interactions.
+func (m *Mesh) publishHeads(ctx context.Context, src HeadsSource) {
+	t := time.NewTicker(headsEvery)
+	defer t.Stop()
+	var last []router.Head
+	var sent time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		heads := src.Heads()
+		if slices.Equal(heads, last) && time.Since(sent) < headsRefresh {
+			continue
+		}
+		data, err := json.Marshal(headsMsg{From: m.p.Node, Heads: heads})
+		if err == nil {
+			err = m.nc.Publish(m.prefix+"heads."+string(m.p.Node), data)
+		}
+		if err != nil {
+			m.logger.Debug("mesh: publish heads", "err", err)
+			continue
+		}
+		last, sent = heads, time.Now()
+	}
+}
+
+// onHeads records another member's heads; when they changed, free agents are
+// offered work again (one this node deferred to may have been served).
+func (m *Mesh) onHeads(msg *nats.Msg) {
+	var h headsMsg
+	if err := json.Unmarshal(msg.Data, &h); err != nil || h.From == m.p.Node {
+		return
+	}
+	m.mu.Lock()
+	prev := m.heads[h.From]
+	m.heads[h.From] = remoteHeads{at: time.Now(), heads: h.Heads}
+	m.mu.Unlock()
+	if src, ok := m.view.(HeadsSource); ok && !slices.Equal(prev.heads, h.Heads) {
+		src.Recheck()
+	}
+}
+
+// Defer reports whether another member's waiting interaction, in one of queues
+// for channel ch, ranks ahead of this node's candidate (router.Fairness):
+// higher priority, or the same priority and enqueued more than
+// FairnessTolerance earlier.
+func (m *Mesh) Defer(queues []core.QueueID, ch core.Channel, prio int, enqueued time.Time) bool {
+	now := time.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, rh := range m.heads {
+		if now.Sub(rh.at) > headsStale {
+			continue
+		}
+		for _, h := range rh.heads {
+			if h.Channel != ch || !slices.Contains(queues, h.Queue) {
+				continue
+			}
+			if h.Priority > prio || h.Priority == prio && h.EnqueuedAt.Before(enqueued.Add(-FairnessTolerance)) {
+				return true
+			}
+		}
+	}
+	return false
+}
