@@ -72,6 +72,9 @@ type Cluster interface {
 	Status() mesh.Status
 	// Owner is the node owning an agent ("" for an unknown agent).
 	Owner(core.AgentID) core.NodeID
+	// PeerRegistrations are the other members' registrations, JSON as in
+	// GET /registrations' map, and the members that did not answer.
+	PeerRegistrations() (map[core.NodeID]json.RawMessage, []core.NodeID)
 }
 
 // Params are the API's dependencies.

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -50,7 +51,26 @@ func (s *Server) listRegistrations(w http.ResponseWriter, _ *http.Request) {
 	if s.p.Registrations != nil {
 		all = s.p.Registrations.All()
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"registrations": all})
+	body := map[string]any{"registrations": all}
+	if s.p.Cluster != nil {
+		// In a cluster, phones register at any member: the list is the cluster's.
+		peers, missing := s.p.Cluster.PeerRegistrations()
+		for node, raw := range peers {
+			var theirs map[core.AgentID][]sip.Binding
+			if err := json.Unmarshal(raw, &theirs); err != nil {
+				s.p.Logger.Warn("registrations from a member", "node", node, "err", err)
+				missing = append(missing, node)
+				continue
+			}
+			for id, b := range theirs {
+				all[id] = append(all[id], b...)
+			}
+		}
+		if len(missing) > 0 {
+			body["unreachable_members"] = missing
+		}
+	}
+	writeJSON(w, http.StatusOK, body)
 }
 
 func (s *Server) listAgents(w http.ResponseWriter, _ *http.Request) {

@@ -56,7 +56,10 @@ type Params struct {
 	// Contacts lists the SIP contacts registered at this node for an agent
 	// (optional): other nodes ask for them to ring the agent's phone.
 	Contacts func(core.AgentID) []string
-	Logger   *slog.Logger
+	// Registrations returns this node's SIP registrations for the cluster-wide
+	// list (optional; JSON-marshalable).
+	Registrations func() any
+	Logger        *slog.Logger
 }
 
 // Mesh is this node's membership in the cluster. Create it with New, Wire it,

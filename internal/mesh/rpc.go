@@ -22,6 +22,7 @@ const (
 	opComplete = "complete"
 	opSnapshot = "snapshot"
 	opContacts = "contacts"
+	opRegs     = "registrations"
 )
 
 // request is a message to an agent's owner.
@@ -49,6 +50,7 @@ type reply struct {
 	Code     string             `json:"code,omitempty"`
 	Agents   []agentState       `json:"agents,omitempty"`
 	Contacts []string           `json:"contacts,omitempty"`
+	Raw      json.RawMessage    `json:"raw,omitempty"`
 }
 
 type agentState struct {
@@ -200,6 +202,16 @@ func (m *Mesh) handle(req request) reply {
 		}
 		return reply{Agents: out}
 	}
+	if req.Op == opRegs {
+		if m.p.Registrations == nil {
+			return reply{}
+		}
+		raw, err := json.Marshal(m.p.Registrations())
+		if err != nil {
+			return encodeErr(err)
+		}
+		return reply{Raw: raw}
+	}
 	if req.Op == opContacts {
 		if m.p.Contacts == nil {
 			return reply{}
@@ -266,6 +278,27 @@ func (m *Mesh) Contacts(id core.AgentID) []string {
 		return nil
 	}
 	return r.Contacts
+}
+
+// PeerRegistrations asks every other member for its SIP registrations (as it
+// marshals them: the API decodes them); members that do not answer in time are
+// listed in missing.
+func (m *Mesh) PeerRegistrations() (regs map[core.NodeID]json.RawMessage, missing []core.NodeID) {
+	regs = map[core.NodeID]json.RawMessage{}
+	for _, n := range m.p.Config.Members {
+		if n == m.p.Node {
+			continue
+		}
+		r, err := m.call(n, request{Op: opRegs})
+		if err != nil || r.Err != "" {
+			missing = append(missing, n)
+			continue
+		}
+		if len(r.Raw) > 0 {
+			regs[n] = r.Raw
+		}
+	}
+	return regs, missing
 }
 
 // Snapshots is every agent's current state as this node knows it: its own

@@ -95,7 +95,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 	}
 	if cfg.Cluster.Enabled() {
 		n.mesh, err = mesh.New(mesh.Params{Config: cfg.Cluster, Node: cfg.Node.ID, Agents: cfg.Agents, Local: n.agents, Log: n.log,
-			Contacts: n.localContacts, Logger: n.logger.With("component", "mesh")})
+			Contacts: n.localContacts, Registrations: n.localRegistrations, Logger: n.logger.With("component", "mesh")})
 		if err != nil {
 			return fail(err)
 		}
@@ -186,6 +186,14 @@ func (n *Node) localContacts(id core.AgentID) []string {
 		out = append(out, b.Contact)
 	}
 	return out
+}
+
+// localRegistrations are this node's SIP registrations (for the cluster-wide list).
+func (n *Node) localRegistrations() any {
+	if n.sip == nil {
+		return map[core.AgentID][]sip.Binding{}
+	}
+	return n.sip.Registrar().All()
 }
 
 // SIPAddrs returns the bound SIP UDP and TCP addresses ("" when off).

@@ -73,6 +73,10 @@ func TestCallAtOneNodeAnsweredByAgentOwnedByAnother(t *testing.T) {
 		}](t, c1.call("GET", "/api/v1/queues/sales", admin(), "", 200))
 		return st.AgentsReady >= 1
 	})
+	// Registrations are listed cluster-wide: node-1 shows ann's phone registered at node-2.
+	if regs := decode[registrationsBody](t, c1.call("GET", "/api/v1/registrations", supervisor(), "", 200)); len(regs.Registrations["ann"]) != 1 {
+		t.Fatalf("node-1's registrations: %+v", regs.Registrations)
+	}
 	if code, out := sipp(t, "caller.xml", p1.sipUDP, "u1", nil, 1, "-s", "2001"); code != 0 {
 		t.Fatalf("caller at node-1: exit %d\n%s", code, out)
 	}
