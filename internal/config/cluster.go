@@ -1,8 +1,11 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net/url"
+	"os"
 	"slices"
 	"time"
 
@@ -32,7 +35,26 @@ type ClusterConfig struct {
 	// RequestTimeout bounds a request to a peer (a reservation at an agent's
 	// owner); past it the request fails and the router moves on (default 250ms).
 	RequestTimeout Duration `yaml:"request_timeout" json:"request_timeout"`
+	// RouteUser and RoutePassword authenticate the embedded servers' routes to
+	// each other (the same on every member); peers' URLs get them added.
+	RouteUser     string `yaml:"route_user" json:"route_user,omitempty"`
+	RoutePassword string `yaml:"route_password" json:"-"`
+	// TLS secures the routes (mutual TLS: each member presents Cert and checks
+	// its peers against CA), and the connection to an external NATS.
+	TLS ClusterTLS `yaml:"tls" json:"tls"`
+	// Credentials is a NATS credentials file for an external NATS (nats_url).
+	Credentials string `yaml:"credentials" json:"credentials,omitempty"`
 }
+
+// ClusterTLS is the cluster's TLS material (PEM files).
+type ClusterTLS struct {
+	Cert string `yaml:"cert" json:"cert,omitempty"`
+	Key  string `yaml:"key" json:"key,omitempty"`
+	CA   string `yaml:"ca" json:"ca,omitempty"`
+}
+
+// Enabled reports whether TLS is configured.
+func (t ClusterTLS) Enabled() bool { return t.Cert != "" || t.Key != "" || t.CA != "" }
 
 // Enabled reports whether the node is part of a cluster.
 func (c *ClusterConfig) Enabled() bool { return len(c.Members) > 0 }
@@ -112,6 +134,29 @@ func (c *Config) validateCluster(p *problems) {
 				p.add(fmt.Sprintf("cluster.peers[%d]", i), "invalid route URL %q (want nats-route://host:port)", r)
 			}
 		}
+	}
+	if (cl.RouteUser == "") != (cl.RoutePassword == "") {
+		p.add("cluster.route_password", "route_user and route_password go together")
+	} else if cl.RoutePassword != "" && len(cl.RoutePassword) < 16 {
+		p.add("cluster.route_password", "at least 16 characters")
+	}
+	if t := cl.TLS; t.Enabled() {
+		switch {
+		case t.Cert == "" || t.Key == "" || t.CA == "":
+			p.add("cluster.tls", "cert, key and ca are all required (mutual TLS between members)")
+		default:
+			if _, err := tls.LoadX509KeyPair(t.Cert, t.Key); err != nil {
+				p.add("cluster.tls.cert", "cannot load the certificate and key: %v", err)
+			}
+			if data, err := os.ReadFile(t.CA); err != nil {
+				p.add("cluster.tls.ca", "%v", err)
+			} else if !x509.NewCertPool().AppendCertsFromPEM(data) {
+				p.add("cluster.tls.ca", "no PEM certificate in %s", t.CA)
+			}
+		}
+	}
+	if cl.Credentials != "" && cl.NATSURL == "" {
+		p.add("cluster.credentials", "only for an external NATS (set nats_url)")
 	}
 	if cl.RequestTimeout < Duration(10*time.Millisecond) || cl.RequestTimeout > Duration(10*time.Second) {
 		p.add("cluster.request_timeout", "%q out of range 10ms..10s", cl.RequestTimeout)

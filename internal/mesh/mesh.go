@@ -17,6 +17,7 @@ package mesh
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -107,6 +108,14 @@ func New(p Params) (*Mesh, error) {
 	}
 	opts := []nats.Option{nats.Name(string(p.Node)), nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond)}
 	url := p.Config.NATSURL
+	if url != "" {
+		if t := p.Config.TLS; t.Enabled() {
+			opts = append(opts, nats.ClientCert(t.Cert, t.Key), nats.RootCAs(t.CA))
+		}
+		if p.Config.Credentials != "" {
+			opts = append(opts, nats.UserCredentials(p.Config.Credentials))
+		}
+	}
 	if url == "" {
 		srv, err := startServer(p.Config, p.Node, p.Logger)
 		if err != nil {
@@ -141,12 +150,26 @@ func startServer(cfg config.ClusterConfig, node core.NodeID, logger *slog.Logger
 		if err != nil {
 			return nil, fmt.Errorf("mesh: cluster.peers: %w", err)
 		}
+		if cfg.RouteUser != "" && u.User == nil {
+			u.User = url.UserPassword(cfg.RouteUser, cfg.RoutePassword)
+		}
 		routes = append(routes, u)
 	}
 	opts := &server.Options{
 		ServerName: string(node), Host: host, Port: port, NoSigs: true, NoLog: true,
-		Cluster: server.ClusterOpts{Name: cfg.Name, Host: rhost, Port: rport, ConnectRetries: -1},
-		Routes:  routes,
+		Cluster: server.ClusterOpts{Name: cfg.Name, Host: rhost, Port: rport, ConnectRetries: -1,
+			Username: cfg.RouteUser, Password: cfg.RoutePassword},
+		Routes: routes,
+	}
+	if t := cfg.TLS; t.Enabled() {
+		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: t.Cert, KeyFile: t.Key, CaFile: t.CA, Verify: true})
+		if err != nil {
+			return nil, fmt.Errorf("mesh: cluster.tls: %w", err)
+		}
+		// Members are both TLS clients and servers of each other's routes: verify
+		// both ways against the same CA (as nats-server does for cluster blocks).
+		tc.RootCAs, tc.ClientAuth = tc.ClientCAs, tls.RequireAndVerifyClientCert
+		opts.Cluster.TLSConfig, opts.Cluster.TLSTimeout = tc, 2
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {

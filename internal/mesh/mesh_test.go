@@ -44,6 +44,13 @@ func startClusterB(b *testing.B, agents []config.Agent) []*testNode {
 // startCluster starts three members on loopback, clustered over routes to n1.
 func startCluster(t testing.TB, agents []config.Agent, queues []config.Queue, deliver func(*testNode) interaction.Deliverer) []*testNode {
 	t.Helper()
+	return startClusterWith(t, agents, queues, deliver, nil)
+}
+
+// startClusterWith is startCluster with each member's cluster config changed by mutate.
+func startClusterWith(t testing.TB, agents []config.Agent, queues []config.Queue, deliver func(*testNode) interaction.Deliverer,
+	mutate func(*config.ClusterConfig)) []*testNode {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	var nodes []*testNode
@@ -53,6 +60,9 @@ func startCluster(t testing.TB, agents []config.Agent, queues []config.Queue, de
 			RequestTimeout: config.Duration(time.Second)}
 		if seed != "" {
 			cfg.Peers = []string{"nats-route://" + seed}
+		}
+		if mutate != nil {
+			mutate(&cfg)
 		}
 		n := &testNode{id: id, log: events.NewLog(0, 1<<20, false)}
 		logger := slog.New(slog.DiscardHandler)
@@ -100,6 +110,20 @@ func startCluster(t testing.TB, agents []config.Agent, queues []config.Queue, de
 				t.Fatalf("%s has %d routes", n.id, n.mesh.srv.NumRoutes())
 			}
 			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	// Every member answers every other (its subscriptions reached the routes).
+	for _, a := range nodes {
+		for _, b := range nodes {
+			for a != b {
+				if _, err := a.mesh.call(b.id, request{Op: opSnapshot}); err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s gets no answer from %s", a.id, b.id)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
 		}
 	}
 	return nodes
