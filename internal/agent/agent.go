@@ -55,6 +55,9 @@ const (
 	DenyAtCapacity      DenyReason = "at_capacity"
 	DenyChannelDisabled DenyReason = "channel_disabled"
 	DenyDuplicate       DenyReason = "already_offered"
+	// DenyNoDevice: the agent has no device for the channel (no phone registered
+	// for voice). Not the agent's doing: no missed-offer penalty.
+	DenyNoDevice DenyReason = "no_device"
 )
 
 // DenyError is the typed refusal of a reservation.

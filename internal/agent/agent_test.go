@@ -468,3 +468,39 @@ func isEnd(outcome string) bool {
 	}
 	return false
 }
+
+// Without a device for the channel an agent is denied no_device (no penalty:
+// it stays ready), and a device change is an event the routers see.
+func TestNoDeviceDeniesWithoutPenalty(t *testing.T) {
+	f := newFixture(t, config.MissedOfferNotReady, config.Agent{ID: "ann"})
+	phone := false
+	f.m.reachable = func(_ core.AgentID, ch core.Channel) bool { return ch != core.ChannelVoice || phone }
+	if err := f.m.Login("ann"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.m.SetReady("ann"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := f.m.Reserve(ReserveRequest{Agent: "ann", Interaction: "ix-1", Channel: core.ChannelVoice, TTL: time.Minute})
+	var deny *DenyError
+	if !errors.As(err, &deny) || deny.Reason != DenyNoDevice {
+		t.Fatalf("voice without a phone: %v, want no_device", err)
+	}
+	if st := f.state(t, "ann"); st.State != string(StateReady) {
+		t.Fatalf("ann after a no_device denial: %+v", st)
+	}
+	if _, err := f.m.Reserve(ReserveRequest{Agent: "ann", Interaction: "ix-2", Channel: core.ChannelTask, TTL: time.Minute}); err != nil {
+		t.Fatalf("a task needs no phone: %v", err)
+	}
+	before := f.state(t, "ann").Version
+	phone = true
+	if err := f.m.DeviceChanged("ann", "phone_registered"); err != nil {
+		t.Fatal(err)
+	}
+	if st := f.state(t, "ann"); st.Version != before+1 {
+		t.Fatalf("after the phone registered: %+v (version before %d)", st, before)
+	}
+	if err := f.m.DeviceChanged("nobody", "phone_registered"); err != nil {
+		t.Fatalf("an unknown agent is ignored: %v", err)
+	}
+}

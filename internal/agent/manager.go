@@ -97,6 +97,11 @@ type Params struct {
 	Epoch uint64
 	// Logger is scoped to the component by the caller.
 	Logger *slog.Logger
+	// Reachable, when set, says whether the agent has a device for a channel
+	// (a registered phone for voice); a reservation on a channel without one is
+	// denied no_device. Called with the Manager's lock held: it must not call
+	// back into the Manager.
+	Reachable func(core.AgentID, core.Channel) bool
 }
 
 // Manager owns the state of a set of agents. It is safe for concurrent use; no
@@ -108,6 +113,7 @@ type Manager struct {
 	missedOffer config.MissedOfferAction
 	epoch       uint64
 	logger      *slog.Logger
+	reachable   func(core.AgentID, core.Channel) bool
 
 	// mu guards everything below, and the agentState values.
 	mu        sync.Mutex
@@ -128,6 +134,7 @@ func NewManager(p Params) *Manager {
 		missedOffer: p.MissedOffer,
 		epoch:       p.Epoch,
 		logger:      p.Logger,
+		reachable:   p.Reachable,
 		agents:      make(map[core.AgentID]*agentState, len(p.Agents)),
 		requests:    map[core.RequestID]*remembered{},
 	}
@@ -263,6 +270,20 @@ func (m *Manager) setPresence(id core.AgentID, p presence, reason, cause string)
 	return m.emitStateLocked(a, cause)
 }
 
+// DeviceChanged records that a logged-in agent's devices changed (a phone
+// registered, or its last registration ended): a state event with that cause,
+// so that routers that held the agent unreachable look at it again. Unknown or
+// logged-out agents are ignored.
+func (m *Manager) DeviceChanged(id core.AgentID, cause string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	a, ok := m.agents[id]
+	if !ok || a.presence == presLoggedOut {
+		return nil
+	}
+	return m.emitStateLocked(a, cause)
+}
+
 // EndWrapUp ends every wrap-up of the agent now (the agent says "done").
 func (m *Manager) EndWrapUp(id core.AgentID) error {
 	m.mu.Lock()
@@ -336,6 +357,9 @@ func (m *Manager) reserveLocked(req ReserveRequest) (Grant, error) {
 	}
 	if a.offered[ci]+a.busy[ci]+a.wrap[ci] >= a.capacity[ci] {
 		return Grant{}, &DenyError{Agent: req.Agent, Reason: DenyAtCapacity}
+	}
+	if m.reachable != nil && !m.reachable(req.Agent, req.Channel) {
+		return Grant{}, &DenyError{Agent: req.Agent, Reason: DenyNoDevice}
 	}
 	m.nextLease++
 	l := &lease{id: m.nextLease, interaction: req.Interaction, channel: req.Channel, state: leaseOffered}

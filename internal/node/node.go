@@ -73,6 +73,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 	n.agents = agent.NewManager(agent.Params{
 		Node: cfg.Node.ID, Agents: owned, Clock: clk, Log: n.log, MissedOffer: cfg.Routing.MissedOffer,
 		Epoch: uint64(time.Now().UnixNano()), Logger: n.logger.With("component", "agent"),
+		Reachable: n.reachable,
 	})
 	// Alone, the node's agent manager answers every reservation; in a cluster the
 	// mesh sends those of other owners' agents to them (ADR 0006).
@@ -151,6 +152,14 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 			return fail(err)
 		}
 		regs = n.sip.Registrar()
+		// An agent's first phone registering, or last one going, changes whether
+		// voice offers can reach the agent: the routers look at the agent again.
+		n.sip.Registrar().OnReachability(func(id core.AgentID, ok bool) {
+			cause := map[bool]string{true: "phone_registered", false: "phone_unregistered"}[ok]
+			if err := n.agents.DeviceChanged(id, cause); err != nil {
+				n.logger.Warn("record a phone change", "agent", id, "err", err)
+			}
+		})
 		if d := n.sip.Deliverer(); d != nil {
 			n.ix.SetDeliverer(core.ChannelVoice, d)
 		}
@@ -173,6 +182,16 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 		return fail(fmt.Errorf("listen http %s: %w", cfg.HTTP.Listen, err))
 	}
 	return n, nil
+}
+
+// reachable tells the agent manager whether an agent has a device for a
+// channel: for voice, a phone registered here (in a cluster, phones register
+// with their agent's home node). Without SIP there is no voice to reach.
+func (n *Node) reachable(id core.AgentID, ch core.Channel) bool {
+	if ch != core.ChannelVoice || n.sip == nil {
+		return true
+	}
+	return len(n.sip.Registrar().Bindings(id)) > 0
 }
 
 // localContacts are the contacts registered at this node for agent id (the

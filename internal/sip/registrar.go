@@ -70,6 +70,10 @@ type Registrar struct {
 	// Counters for /metrics.
 	authFailures, blockedRequests, challenges atomic.Uint64
 
+	// onReach, when set, learns when an agent gets its first phone or loses its
+	// last (called without the registrar's lock).
+	onReach func(id core.AgentID, reachable bool)
+
 	// mu guards bindings and failures.
 	mu       sync.Mutex
 	bindings map[core.AgentID][]*Binding
@@ -90,6 +94,10 @@ func NewRegistrar(cfg config.SIPConfig, dir Directory, log *events.Log, clk cloc
 	r.nonces = digest.NewNonces(cfg.NonceTTL.D(), clk.Now)
 	return r, nil
 }
+
+// OnReachability sets the function told when an agent gets its first registered
+// phone or loses its last one. Call before the registrar serves.
+func (r *Registrar) OnReachability(f func(id core.AgentID, reachable bool)) { r.onReach = f }
 
 // reply sends a response built from req with extra headers.
 func reply(tx sip.ServerTransaction, req *sip.Request, code int, reason string, hdrs ...sip.Header) {
@@ -352,6 +360,7 @@ func (r *Registrar) register(req *sip.Request, tx sip.ServerTransaction, id core
 			return
 		}
 	}
+	changed := (len(cur) > 0) != (len(next) > 0)
 	if len(next) == 0 {
 		delete(r.bindings, id)
 	} else {
@@ -366,6 +375,9 @@ func (r *Registrar) register(req *sip.Request, tx sip.ServerTransaction, id core
 		res.AppendHeader(sip.NewHeader("Contact", "<"+b.Contact+">;expires="+strconv.Itoa(int(b.ExpiresAt.Sub(now).Round(time.Second).Seconds()))))
 	}
 	r.mu.Unlock()
+	if changed && r.onReach != nil {
+		r.onReach(id, len(next) > 0)
+	}
 	if appendErr != nil {
 		reply(tx, req, 500, "Server Internal Error")
 		return
@@ -409,6 +421,7 @@ func (r *Registrar) Sweep() {
 	now := r.clock.Now()
 	r.nonces.Sweep()
 	var evs []events.Event
+	var gone []core.AgentID
 	r.mu.Lock()
 	for id, bs := range r.bindings {
 		keep := bs[:0]
@@ -423,6 +436,7 @@ func (r *Registrar) Sweep() {
 		}
 		if len(keep) == 0 {
 			delete(r.bindings, id)
+			gone = append(gone, id)
 		} else {
 			r.bindings[id] = keep
 		}
@@ -436,6 +450,11 @@ func (r *Registrar) Sweep() {
 	if len(evs) > 0 {
 		if _, err := r.log.Append(evs...); err != nil {
 			r.logger.Error("sip: record expired registrations", "err", err)
+		}
+	}
+	if r.onReach != nil {
+		for _, id := range gone {
+			r.onReach(id, false)
 		}
 	}
 }

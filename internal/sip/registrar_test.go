@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -337,5 +338,36 @@ func TestThrottleAndHygiene(t *testing.T) {
 	res = h.do(sip.NewRequest(sip.SUBSCRIBE, uri))
 	if res.StatusCode != 405 || !strings.Contains(res.GetHeader("Allow").Value(), "REGISTER") {
 		t.Fatalf("SUBSCRIBE: %d %v", res.StatusCode, res.GetHeader("Allow"))
+	}
+}
+
+// The registrar tells when an agent gets its first phone and loses its last
+// one: by un-registration and by expiry, not on refreshes or extra phones.
+func TestReachabilityChanges(t *testing.T) {
+	h := newHarness(t, nil)
+	var mu sync.Mutex
+	var got []string
+	h.srv.Registrar().OnReachability(func(id core.AgentID, ok bool) {
+		mu.Lock()
+		got = append(got, fmt.Sprintf("%s:%v", id, ok))
+		mu.Unlock()
+	})
+	reg := func(callID string, expires int, contacts ...string) {
+		t.Helper()
+		if res := h.register(h.req("ann", callID, expires, contacts...), digest.MD5, "ann", "ann-pass"); res.StatusCode != 200 {
+			t.Fatalf("register: %d %s", res.StatusCode, res.Reason)
+		}
+	}
+	reg("c1", 300, "<sip:ann@127.0.0.1:5555>")
+	reg("c2", 300, "<sip:ann@127.0.0.1:5556>") // a second phone
+	reg("c1", 120, "<sip:ann@127.0.0.1:5555>") // a refresh
+	reg("c1", 0, "*")                          // both gone
+	reg("c3", 60, "<sip:ann@127.0.0.1:5557>")
+	h.clk.Advance(61 * time.Second)
+	h.srv.Registrar().Sweep() // expired
+	mu.Lock()
+	defer mu.Unlock()
+	if want := "[ann:true ann:false ann:true ann:false]"; fmt.Sprint(got) != want {
+		t.Fatalf("reachability changes %v, want %s", got, want)
 	}
 }

@@ -485,3 +485,50 @@ func TestCallerAbandonsWhileAgentPhoneRings(t *testing.T) {
 		t.Fatalf("ann after the caller hung up during the ring: %+v (no penalty expected)", st)
 	}
 }
+
+// An agent who is ready but has no phone registered is not offered calls (no
+// missed-offer penalty, no ring into the void): the call waits; once her phone
+// registers, the call is offered to it and answered.
+func TestReadyAgentWithoutPhoneGetsTheCallOncePhoneRegisters(t *testing.T) {
+	t.Parallel()
+	p := serve(t, writeConfig(t, configOpts{dataDir: t.TempDir(), digest: "[MD5, SHA-256]"}))
+	c := newClient(t, p.base)
+	c.loginReady("sales", 1, "ann") // no phone yet
+	caller := make(chan string, 1)
+	go func() {
+		code, out := sipp(t, "caller.xml", p.sipUDP, "u1", nil, 1, "-s", "2001")
+		caller <- fmt.Sprintf("exit %d\n%s", code, out)
+	}()
+	var id string
+	eventually(t, 5*time.Second, "the call queued", func() bool {
+		list := decode[struct {
+			Interactions []ixBody `json:"interactions"`
+		}](t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200)).Interactions
+		if len(list) == 1 && list[0].State == "queued" {
+			id = list[0].ID
+			return true
+		}
+		return false
+	})
+	time.Sleep(300 * time.Millisecond)
+	if got := c.ix(id); got.State != "queued" {
+		t.Fatalf("the call left the queue without a phone to ring: %+v", got)
+	}
+	if st := decode[agentBody](t, c.call("GET", "/api/v1/agents/ann", agent("ann"), "", 200)).State; st.State != "ready" {
+		t.Fatalf("ann without a phone: %+v (no missed offer expected)", st)
+	}
+	if body := string(c.call("GET", "/api/v1/interactions/"+id+"/decisions", admin(), "", 200)); !strings.Contains(body, "denied:no_device") {
+		t.Fatalf("no no_device denial in the decisions:\n%s", body)
+	}
+	uas := sippPhone(t, p, "ann", "-sn", "uas")
+	for who, ch := range map[string]<-chan string{"caller": caller, "ann's phone": uas} {
+		select {
+		case res := <-ch:
+			if !strings.HasPrefix(res, "exit 0") {
+				t.Fatalf("%s: %s", who, res)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("%s did not finish", who)
+		}
+	}
+}
