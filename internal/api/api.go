@@ -75,6 +75,9 @@ type Cluster interface {
 	// PeerRegistrations are the other members' registrations, JSON as in
 	// GET /registrations' map, and the members that did not answer.
 	PeerRegistrations() (map[core.NodeID]json.RawMessage, []core.NodeID)
+	// Snapshots are every agent's state as this node knows it (its own from
+	// its manager, the others' from their owners' feeds).
+	Snapshots() []agent.View
 }
 
 // Params are the API's dependencies.
@@ -104,6 +107,7 @@ type Server struct {
 	// credentials are every agent's password by id (in a cluster, the agents of
 	// other owners too: an agent authenticates anywhere, changes only at home).
 	credentials map[core.AgentID]string
+	configs     map[core.AgentID]config.Agent
 	mux         *http.ServeMux
 	reg         *prometheus.Registry
 	metrics     *metrics
@@ -113,8 +117,10 @@ type Server struct {
 // New returns the API server.
 func New(p Params) *Server {
 	s := &Server{p: p, mux: http.NewServeMux(), reg: prometheus.NewRegistry(), credentials: map[core.AgentID]string{}}
+	s.configs = map[core.AgentID]config.Agent{}
 	for _, a := range p.AllAgents {
 		s.credentials[a.ID] = a.Password
+		s.configs[a.ID] = a
 	}
 	if s.p.Logger == nil {
 		s.p.Logger = slog.Default()

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ccmesh/ccmesh/internal/agent"
@@ -24,6 +26,8 @@ type agentBody struct {
 	agent.View
 	Interactions  []events.Interaction `json:"interactions"`
 	Registrations []sip.Binding        `json:"registrations"`
+	// Owner is, in a cluster, the node that owns the agent.
+	Owner core.NodeID `json:"owner,omitempty"`
 }
 
 func (s *Server) agentBody(v agent.View) agentBody {
@@ -35,7 +39,29 @@ func (s *Server) agentBody(v agent.View) agentBody {
 	if s.p.Registrations != nil {
 		regs = s.p.Registrations.Bindings(v.ID)
 	}
-	return agentBody{View: v, Interactions: held, Registrations: regs}
+	b := agentBody{View: v, Interactions: held, Registrations: regs}
+	if s.p.Cluster != nil {
+		b.Owner = s.p.Cluster.Owner(v.ID)
+		if v.Name == "" { // another owner's agent: its static fields from the configuration
+			cfg := s.configs[v.ID]
+			b.Name, b.DN, b.Skills = cfg.Name, cfg.DN, cfg.Skills
+		}
+		if b.Leases == nil {
+			b.Leases = []agent.LeaseInfo{}
+		}
+	}
+	return b
+}
+
+// views are the agents the API lists: this node's, or in a cluster every
+// member's as this node knows them.
+func (s *Server) views() []agent.View {
+	if s.p.Cluster == nil {
+		return s.p.Agents.Snapshots()
+	}
+	views := s.p.Cluster.Snapshots()
+	slices.SortFunc(views, func(a, b agent.View) int { return strings.Compare(string(a.ID), string(b.ID)) })
+	return views
 }
 
 func (s *Server) clusterStatus(w http.ResponseWriter, _ *http.Request) {
@@ -74,7 +100,7 @@ func (s *Server) listRegistrations(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) listAgents(w http.ResponseWriter, _ *http.Request) {
-	views := s.p.Agents.Snapshots()
+	views := s.views()
 	out := make([]agentBody, len(views))
 	for i, v := range views {
 		out[i] = s.agentBody(v)
@@ -83,7 +109,16 @@ func (s *Server) listAgents(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) getAgent(w http.ResponseWriter, r *http.Request) {
-	v, err := s.p.Agents.Snapshot(core.AgentID(r.PathValue("id")))
+	id := core.AgentID(r.PathValue("id"))
+	v, err := s.p.Agents.Snapshot(id)
+	if err != nil && s.p.Cluster != nil {
+		for _, o := range s.p.Cluster.Snapshots() {
+			if o.ID == id {
+				v, err = o, nil
+				break
+			}
+		}
+	}
 	if err != nil {
 		s.fail(w, r, err)
 		return

@@ -73,6 +73,23 @@ func TestCallAtOneNodeAnsweredByAgentOwnedByAnother(t *testing.T) {
 		}](t, c1.call("GET", "/api/v1/queues/sales", admin(), "", 200))
 		return st.AgentsReady >= 1
 	})
+	// Agents are listed cluster-wide, each with its owner.
+	ann := decode[struct {
+		agentBody
+		Owner string `json:"owner"`
+	}](t, c1.call("GET", "/api/v1/agents/ann", supervisor(), "", 200))
+	if ann.Owner != "node-2" || ann.State.State != "ready" {
+		t.Fatalf("ann seen from node-1: owner %q, state %+v", ann.Owner, ann.State)
+	}
+	all := decode[struct {
+		Agents []struct {
+			ID    string `json:"id"`
+			Owner string `json:"owner"`
+		} `json:"agents"`
+	}](t, c1.call("GET", "/api/v1/agents", supervisor(), "", 200)).Agents
+	if len(all) != 10 {
+		t.Fatalf("node-1 lists %d agents, want the cluster's 10", len(all))
+	}
 	// Registrations are listed cluster-wide: node-1 shows ann's phone registered at node-2.
 	if regs := decode[registrationsBody](t, c1.call("GET", "/api/v1/registrations", supervisor(), "", 200)); len(regs.Registrations["ann"]) != 1 {
 		t.Fatalf("node-1's registrations: %+v", regs.Registrations)
