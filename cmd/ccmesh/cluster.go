@@ -64,13 +64,16 @@ func cluster(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "cluster %s, seen from %s; NATS connected=%v embedded=%v route connections=%d\n", st.Name, st.Node, st.NATS.Connected, st.NATS.Embedded, st.NATS.Routes)
 	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tAGENTS OWNED\tFEED SEQ\t")
+	fmt.Fprintln(tw, "MEMBER\tHEALTH\tLAST SEEN\tAGENTS OWNED\tFEED SEQ\t")
 	for _, m := range st.Members {
-		seq := fmt.Sprint(m.FeedSeq)
-		if m.Self {
-			seq = "(self)"
+		seq, seen := fmt.Sprint(m.FeedSeq), fmt.Sprintf("%d ms ago", m.LastSeenMillis)
+		switch {
+		case m.Self:
+			seq, seen = "-", "-"
+		case m.LastSeenMillis < 0:
+			seen = "never"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%s\t\n", m.ID, m.Agents, seq)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t\n", m.ID, m.Health, seen, m.Agents, seq)
 	}
 	_ = tw.Flush()
 	return 0

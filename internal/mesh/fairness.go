@@ -81,6 +81,7 @@ func (m *Mesh) onHeads(msg *nats.Msg) {
 	m.mu.Lock()
 	prev := m.heads[h.From]
 	m.heads[h.From] = remoteHeads{at: time.Now(), heads: h.Heads}
+	m.seen[h.From] = time.Now()
 	m.mu.Unlock()
 	if src, ok := m.view.(HeadsSource); ok && !slices.Equal(prev.heads, h.Heads) {
 		src.Recheck()

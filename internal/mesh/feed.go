@@ -85,6 +85,7 @@ func (m *Mesh) onFeed(msg *nats.Msg) {
 		return
 	}
 	m.mu.Lock()
+	m.seen[f.From] = time.Now()
 	gap := m.feedGen[f.From] != f.Gen || m.feedSeq[f.From]+1 != f.Seq
 	m.feedGen[f.From], m.feedSeq[f.From] = f.Gen, f.Seq
 	m.mu.Unlock()

@@ -90,7 +90,9 @@ type Mesh struct {
 	requesters map[agent.Token]core.NodeID
 	// heads are the other members' best waiting interactions (fairness).
 	heads map[core.NodeID]remoteHeads
-	subs  []*nats.Subscription
+	// seen is when each other member was last heard from (heads or feed).
+	seen map[core.NodeID]time.Time
+	subs []*nats.Subscription
 }
 
 // New starts the embedded NATS server (unless the config names an external
@@ -102,7 +104,7 @@ func New(p Params) (*Mesh, error) {
 	m := &Mesh{p: p, prefix: "ccm." + p.Config.Name + ".", owners: Owners(p.Config.Members, p.Agents),
 		timeout: p.Config.RequestTimeout.D(), logger: p.Logger,
 		remote: map[core.AgentID]events.AgentState{}, feedGen: map[core.NodeID]uint64{}, feedSeq: map[core.NodeID]uint64{}, resyncing: map[core.NodeID]bool{},
-		requesters: map[agent.Token]core.NodeID{}, heads: map[core.NodeID]remoteHeads{}}
+		requesters: map[agent.Token]core.NodeID{}, heads: map[core.NodeID]remoteHeads{}, seen: map[core.NodeID]time.Time{}}
 	if m.timeout <= 0 {
 		m.timeout = config.DefaultRequestTimeout.D()
 	}

@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"slices"
+	"time"
 
 	"github.com/ccmesh/ccmesh/internal/core"
 )
@@ -26,6 +27,12 @@ type MemberState struct {
 	// changes when it restarts.
 	FeedSeq uint64 `json:"feed_seq"`
 	FeedGen uint64 `json:"feed_gen,omitempty"`
+	// LastSeenMillis is how long ago this node last heard from the member (its
+	// heads, sent at least every 500 ms, or its feed); -1 never. Health is "up"
+	// within 2 s, else "silent" ("self" for this node). Peer health with
+	// detection and refrain is issue 5's; this is what the mesh sees today.
+	LastSeenMillis int64  `json:"last_seen_ms"`
+	Health         string `json:"health"`
 }
 
 // NATSState describes the NATS connection and the embedded server.
@@ -44,9 +51,20 @@ func (m *Mesh) Status() Status {
 	for _, n := range m.owners {
 		owned[n]++
 	}
+	now := time.Now()
 	m.mu.Lock()
 	for _, id := range m.p.Config.Members {
-		st.Members = append(st.Members, MemberState{ID: id, Self: id == m.p.Node, Agents: owned[id], FeedSeq: m.feedSeq[id], FeedGen: m.feedGen[id]})
+		ms := MemberState{ID: id, Self: id == m.p.Node, Agents: owned[id], FeedSeq: m.feedSeq[id], FeedGen: m.feedGen[id], LastSeenMillis: -1, Health: "silent"}
+		if seen, ok := m.seen[id]; ok {
+			ms.LastSeenMillis = now.Sub(seen).Milliseconds()
+			if now.Sub(seen) <= headsStale {
+				ms.Health = "up"
+			}
+		}
+		if ms.Self {
+			ms.LastSeenMillis, ms.Health = 0, "self"
+		}
+		st.Members = append(st.Members, ms)
 	}
 	m.mu.Unlock()
 	slices.SortFunc(st.Members, func(a, b MemberState) int {
