@@ -130,6 +130,9 @@ type ReserveRequest struct {
 	TTL time.Duration
 	// Request makes the call idempotent: a repeat gets the first answer. Optional.
 	Request core.RequestID
+	// Holder is the node the lease is granted to, in a cluster ("" for this
+	// node): its end is reported to that node (LeaseEnd.Holder).
+	Holder core.NodeID
 }
 
 // LeaseOutcome is how a lease ended, reported to the Observer.
@@ -150,6 +153,8 @@ type LeaseEnd struct {
 	Token       Token
 	Interaction core.InteractionID
 	Outcome     LeaseOutcome
+	// Holder is the node holding the lease ("" for this node).
+	Holder core.NodeID
 }
 
 // Observer learns of lease ends the token holder did not ask for. Calls come from

@@ -50,6 +50,7 @@ type lease struct {
 	id          core.LeaseID
 	interaction core.InteractionID
 	channel     core.Channel
+	holder      core.NodeID // "" for this node
 	state       leaseState
 	timer       clock.Timer // offer expiry while offered, wrap-up end while wrapping up
 }
@@ -221,7 +222,7 @@ func (m *Manager) Logout(id core.AgentID, force bool) error {
 	}
 	var ends []LeaseEnd
 	for _, l := range a.leases {
-		ends = append(ends, LeaseEnd{Token: m.token(a, l), Interaction: l.interaction, Outcome: OutcomeRevoked})
+		ends = append(ends, LeaseEnd{Token: m.token(a, l), Interaction: l.interaction, Outcome: OutcomeRevoked, Holder: l.holder})
 		if err := m.endLeaseLocked(a, l, string(OutcomeRevoked)); err != nil {
 			m.mu.Unlock()
 			return err
@@ -297,7 +298,7 @@ func (m *Manager) EndWrapUp(id core.AgentID) error {
 		if l.state != leaseWrapUp {
 			continue
 		}
-		ends = append(ends, LeaseEnd{Token: m.token(a, l), Interaction: l.interaction, Outcome: OutcomeWrapUpEnded})
+		ends = append(ends, LeaseEnd{Token: m.token(a, l), Interaction: l.interaction, Outcome: OutcomeWrapUpEnded, Holder: l.holder})
 		if err := m.endLeaseLocked(a, l, string(OutcomeWrapUpEnded)); err != nil {
 			m.mu.Unlock()
 			return err
@@ -362,7 +363,7 @@ func (m *Manager) reserveLocked(req ReserveRequest) (Grant, error) {
 		return Grant{}, &DenyError{Agent: req.Agent, Reason: DenyNoDevice}
 	}
 	m.nextLease++
-	l := &lease{id: m.nextLease, interaction: req.Interaction, channel: req.Channel, state: leaseOffered}
+	l := &lease{id: m.nextLease, interaction: req.Interaction, channel: req.Channel, holder: req.Holder, state: leaseOffered}
 	a.leases[l.id] = l
 	a.offered[ci]++
 	tok := m.token(a, l)
@@ -453,7 +454,7 @@ func (m *Manager) Complete(tok Token, wrapUp time.Duration) error {
 		l.timer = m.clock.AfterFunc(wrapUp, func() { m.wrapUpDone(tok) })
 		err = m.emitStateLocked(a, "complete")
 	} else {
-		ends = append(ends, LeaseEnd{Token: tok, Interaction: l.interaction, Outcome: OutcomeWrapUpEnded})
+		ends = append(ends, LeaseEnd{Token: tok, Interaction: l.interaction, Outcome: OutcomeWrapUpEnded, Holder: l.holder})
 		if err = m.endLeaseLocked(a, l, string(OutcomeWrapUpEnded)); err == nil {
 			err = m.emitStateLocked(a, "complete")
 		}
@@ -507,9 +508,9 @@ func (m *Manager) expire(tok Token) {
 		m.logger.Error("expire lease", "agent", tok.Agent, "err", err)
 	}
 	obs := m.observer
-	ix := l.interaction
+	ix, holder := l.interaction, l.holder
 	m.mu.Unlock()
-	m.notify(obs, []LeaseEnd{{Token: tok, Interaction: ix, Outcome: OutcomeExpired}})
+	m.notify(obs, []LeaseEnd{{Token: tok, Interaction: ix, Outcome: OutcomeExpired, Holder: holder}})
 }
 
 // wrapUpDone runs on the wrap-up timer.
@@ -527,9 +528,9 @@ func (m *Manager) wrapUpDone(tok Token) {
 		}
 	}
 	obs := m.observer
-	ix := l.interaction
+	ix, holder := l.interaction, l.holder
 	m.mu.Unlock()
-	m.notify(obs, []LeaseEnd{{Token: tok, Interaction: ix, Outcome: OutcomeWrapUpEnded}})
+	m.notify(obs, []LeaseEnd{{Token: tok, Interaction: ix, Outcome: OutcomeWrapUpEnded, Holder: holder}})
 }
 
 func (m *Manager) notify(obs Observer, ends []LeaseEnd) {

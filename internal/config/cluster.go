@@ -24,8 +24,9 @@ type ClusterConfig struct {
 	// NATSURL, when set, uses an existing NATS cluster instead of the embedded
 	// server (nats://host:port[,nats://...]).
 	NATSURL string `yaml:"nats_url" json:"nats_url"`
-	// Listen is the embedded NATS server's client address (host:port, default
-	// 127.0.0.1:4222); the node connects to it in-process.
+	// Listen is the embedded NATS server's client address (host:port), for
+	// tools such as the nats CLI. Empty (the default) opens no client port: the
+	// node connects in-process, and nobody else can publish on the mesh.
 	Listen string `yaml:"listen" json:"listen"`
 	// RoutesListen is where the embedded server accepts its peers' routes
 	// (host:port, default 127.0.0.1:6222).
@@ -62,7 +63,6 @@ func (c *ClusterConfig) Enabled() bool { return len(c.Members) > 0 }
 // Cluster defaults.
 const (
 	DefaultClusterName    = "ccmesh"
-	DefaultNATSListen     = "127.0.0.1:4222"
 	DefaultRoutesListen   = "127.0.0.1:6222"
 	DefaultRequestTimeout = Duration(250 * time.Millisecond)
 )
@@ -75,9 +75,6 @@ func applyClusterDefaults(c *ClusterConfig) {
 		c.Name = DefaultClusterName
 	}
 	if c.NATSURL == "" {
-		if c.Listen == "" {
-			c.Listen = DefaultNATSListen
-		}
 		if c.RoutesListen == "" {
 			c.RoutesListen = DefaultRoutesListen
 		}
@@ -127,7 +124,9 @@ func (c *Config) validateCluster(p *problems) {
 			p.add("cluster.peers", "set either nats_url (an external NATS) or peers (the embedded one), not both")
 		}
 	} else {
-		validateListen(p, "cluster.listen", cl.Listen)
+		if cl.Listen != "" {
+			validateListen(p, "cluster.listen", cl.Listen)
+		}
 		validateListen(p, "cluster.routes_listen", cl.RoutesListen)
 		for i, r := range cl.Peers {
 			if pu, err := url.Parse(r); err != nil || pu.Scheme != "nats-route" || pu.Host == "" {

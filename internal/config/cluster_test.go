@@ -64,7 +64,7 @@ func TestClusterValidation(t *testing.T) {
 	if err := c.Validate(); err != nil {
 		t.Fatalf("a valid cluster: %v", err)
 	}
-	if c.Cluster.Name != DefaultClusterName || c.Cluster.RequestTimeout != DefaultRequestTimeout || c.Cluster.Listen != DefaultNATSListen {
+	if c.Cluster.Name != DefaultClusterName || c.Cluster.RequestTimeout != DefaultRequestTimeout || c.Cluster.Listen != "" || c.Cluster.RoutesListen != DefaultRoutesListen {
 		t.Fatalf("defaults not applied: %+v", c.Cluster)
 	}
 }

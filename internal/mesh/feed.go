@@ -156,11 +156,8 @@ type leaseMsg struct {
 // revoked, wrap-up over): it goes to the node that asked for the lease
 // (agent.Observer).
 func (m *Mesh) LeaseEnded(e agent.LeaseEnd) {
-	m.mu.Lock()
-	requester, remote := m.requesters[e.Token]
-	delete(m.requesters, e.Token)
-	m.mu.Unlock()
-	if !remote || requester == m.p.Node {
+	requester := e.Holder
+	if requester == "" || requester == m.p.Node {
 		if m.leases != nil {
 			m.leases.LeaseEnded(e)
 		}

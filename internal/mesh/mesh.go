@@ -86,8 +86,6 @@ type Mesh struct {
 	feedSeq map[core.NodeID]uint64
 	// resyncing marks owners whose snapshot is being fetched.
 	resyncing map[core.NodeID]bool
-	// requesters are the nodes holding leases this node granted.
-	requesters map[agent.Token]core.NodeID
 	// heads are the other members' best waiting interactions (fairness).
 	heads map[core.NodeID]remoteHeads
 	// seen is when each other member was last heard from (heads or feed).
@@ -104,7 +102,7 @@ func New(p Params) (*Mesh, error) {
 	m := &Mesh{p: p, prefix: "ccm." + p.Config.Name + ".", owners: Owners(p.Config.Members, p.Agents),
 		timeout: p.Config.RequestTimeout.D(), logger: p.Logger,
 		remote: map[core.AgentID]events.AgentState{}, feedGen: map[core.NodeID]uint64{}, feedSeq: map[core.NodeID]uint64{}, resyncing: map[core.NodeID]bool{},
-		requesters: map[agent.Token]core.NodeID{}, heads: map[core.NodeID]remoteHeads{}, seen: map[core.NodeID]time.Time{}}
+		heads: map[core.NodeID]remoteHeads{}, seen: map[core.NodeID]time.Time{}}
 	if m.timeout <= 0 {
 		m.timeout = config.DefaultRequestTimeout.D()
 	}
@@ -138,9 +136,12 @@ func New(p Params) (*Mesh, error) {
 // startServer runs the embedded NATS server: clients on cfg.Listen, routes on
 // cfg.RoutesListen to cfg.Peers. Port 0 picks a free port.
 func startServer(cfg config.ClusterConfig, node core.NodeID, logger *slog.Logger) (*server.Server, error) {
-	host, port, err := hostPort(cfg.Listen)
-	if err != nil {
-		return nil, fmt.Errorf("mesh: cluster.listen: %w", err)
+	host, port, dontListen := "127.0.0.1", server.RANDOM_PORT, cfg.Listen == ""
+	if !dontListen {
+		var err error
+		if host, port, err = hostPort(cfg.Listen); err != nil {
+			return nil, fmt.Errorf("mesh: cluster.listen: %w", err)
+		}
 	}
 	rhost, rport, err := hostPort(cfg.RoutesListen)
 	if err != nil {
@@ -158,9 +159,12 @@ func startServer(cfg config.ClusterConfig, node core.NodeID, logger *slog.Logger
 		routes = append(routes, u)
 	}
 	opts := &server.Options{
-		ServerName: string(node), Host: host, Port: port, NoSigs: true, NoLog: true,
+		ServerName: string(node), Host: host, Port: port, DontListen: dontListen, NoSigs: true, NoLog: true,
+		// Route pings every 2 s, two missed: a silent peer's subscriptions go within
+		// ~6 s, so requests to it fail at once (no responders) rather than waiting
+		// out the request timeout (the default interval is far longer).
 		Cluster: server.ClusterOpts{Name: cfg.Name, Host: rhost, Port: rport, ConnectRetries: -1,
-			Username: cfg.RouteUser, Password: cfg.RoutePassword},
+			Username: cfg.RouteUser, Password: cfg.RoutePassword, PingInterval: 2 * time.Second, MaxPingsOut: 2},
 		Routes: routes,
 	}
 	if t := cfg.TLS; t.Enabled() {
@@ -182,7 +186,11 @@ func startServer(cfg config.ClusterConfig, node core.NodeID, logger *slog.Logger
 		srv.Shutdown()
 		return nil, errors.New("mesh: the embedded NATS server did not start within 10 s")
 	}
-	logger.Info("mesh: NATS server up", "clients", srv.ClientURL(), "routes", srv.ClusterAddr().String())
+	clients := "in-process only"
+	if !dontListen {
+		clients = srv.ClientURL()
+	}
+	logger.Info("mesh: NATS server up", "clients", clients, "routes", srv.ClusterAddr().String())
 	return srv, nil
 }
 

@@ -399,7 +399,6 @@ func TestClusterStressNeverOverbooks(t *testing.T) {
 	t.Logf("%d interactions through 3 nodes and 300 agents in %s (%.0f/s)", want, elapsed.Round(time.Millisecond), float64(want)/elapsed.Seconds())
 
 	// Audit from the owners' logs.
-	remote := 0
 	for _, n := range nodes {
 		open := map[core.AgentID]int{}
 		var after uint64
@@ -431,12 +430,6 @@ func TestClusterStressNeverOverbooks(t *testing.T) {
 				t.Fatalf("%s: agent %s ends with %d open leases", n.id, id, k)
 			}
 		}
-		n.mesh.mu.Lock()
-		remote += len(n.mesh.requesters)
-		n.mesh.mu.Unlock()
-	}
-	if remote != 0 {
-		t.Fatalf("%d leases granted to other nodes are still remembered by their owners", remote)
 	}
 }
 

@@ -219,14 +219,12 @@ func (m *Mesh) handle(req request) reply {
 		return reply{Contacts: m.p.Contacts(req.Agent)}
 	}
 	if req.Op == opReserve {
+		// The lease remembers its holder: its end is reported to that node.
 		g, err := m.p.Local.Reserve(agent.ReserveRequest{Agent: req.Agent, Interaction: req.Interaction, Channel: req.Channel,
-			TTL: time.Duration(req.TTLMillis) * time.Millisecond, Request: req.Request})
+			TTL: time.Duration(req.TTLMillis) * time.Millisecond, Request: req.Request, Holder: req.From})
 		if err != nil {
 			return encodeErr(err)
 		}
-		m.mu.Lock()
-		m.requesters[g.Token] = req.From
-		m.mu.Unlock()
 		st := g.State
 		return reply{Token: g.Token.String(), State: &st}
 	}
@@ -239,10 +237,8 @@ func (m *Mesh) handle(req request) reply {
 		err = m.p.Local.Accept(tok)
 	case opReject:
 		err = m.p.Local.Reject(tok)
-		m.forgetRequester(tok)
 	case opRelease:
 		err = m.p.Local.Release(tok)
-		m.forgetRequester(tok)
 	case opComplete:
 		err = m.p.Local.Complete(tok, time.Duration(req.WrapUpMillis)*time.Millisecond)
 	default:
@@ -252,12 +248,6 @@ func (m *Mesh) handle(req request) reply {
 		return encodeErr(err)
 	}
 	return reply{}
-}
-
-func (m *Mesh) forgetRequester(tok agent.Token) {
-	m.mu.Lock()
-	delete(m.requesters, tok)
-	m.mu.Unlock()
 }
 
 // Contacts lists the SIP contacts where agent id's phone is registered: those
