@@ -25,6 +25,7 @@ const (
 	headsEvery        = 20 * time.Millisecond
 	headsRefresh      = 500 * time.Millisecond
 	headsStale        = 2 * time.Second
+	recheckEvery      = 250 * time.Millisecond
 )
 
 // HeadsSource is the router's side of fairness.
@@ -36,11 +37,19 @@ type HeadsSource interface {
 type headsMsg struct {
 	From  core.NodeID   `json:"from"`
 	Heads []router.Head `json:"heads"`
+	// FeedGen and FeedSeq are the sender's feed position: a follower that is
+	// behind on two heads in a row lost feed messages and resyncs (a quiet
+	// owner's feed sends nothing that would show the gap).
+	FeedGen uint64 `json:"feed_gen"`
+	FeedSeq uint64 `json:"feed_seq"`
 }
 
 type remoteHeads struct {
 	at    time.Time
 	heads []router.Head
+	// behindAt is the sender's feed number this node had not reached when the
+	// last heads arrived (0: not behind).
+	behindAt uint64
 }
 
 // publishHeads tells the other members this node's best waiting interactions.
@@ -48,7 +57,7 @@ func (m *Mesh) publishHeads(ctx context.Context, src HeadsSource) {
 	t := time.NewTicker(headsEvery)
 	defer t.Stop()
 	var last []router.Head
-	var sent time.Time
+	var sent, rechecked time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -56,10 +65,16 @@ func (m *Mesh) publishHeads(ctx context.Context, src HeadsSource) {
 		case <-t.C:
 		}
 		heads := src.Heads()
+		if len(heads) > 0 && time.Since(rechecked) >= recheckEvery {
+			// An agent left to another member's head that has since gone stale
+			// (the member went quiet) is offered this node's work again.
+			src.Recheck()
+			rechecked = time.Now()
+		}
 		if slices.Equal(heads, last) && time.Since(sent) < headsRefresh {
 			continue
 		}
-		data, err := json.Marshal(headsMsg{From: m.p.Node, Heads: heads})
+		data, err := json.Marshal(headsMsg{From: m.p.Node, Heads: heads, FeedGen: m.pubGen.Load(), FeedSeq: m.pubSeq.Load()})
 		if err == nil {
 			err = m.nc.Publish(m.prefix+"heads."+string(m.p.Node), data)
 		}
@@ -82,7 +97,17 @@ func (m *Mesh) onHeads(msg *nats.Msg) {
 	prev := m.heads[h.From]
 	m.heads[h.From] = remoteHeads{at: time.Now(), heads: h.Heads}
 	m.seen[h.From] = time.Now()
+	behind := h.FeedSeq > 0 && (m.feedGen[h.From] != h.FeedGen || m.feedSeq[h.From] < h.FeedSeq)
+	lagging := behind && prev.behindAt != 0 && prev.behindAt <= h.FeedSeq && m.feedSeq[h.From] < prev.behindAt
+	if behind {
+		rh := m.heads[h.From]
+		rh.behindAt = h.FeedSeq
+		m.heads[h.From] = rh
+	}
 	m.mu.Unlock()
+	if lagging {
+		go m.resync(h.From)
+	}
 	if src, ok := m.view.(HeadsSource); ok && !slices.Equal(prev.heads, h.Heads) {
 		src.Recheck()
 	}

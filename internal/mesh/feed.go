@@ -28,6 +28,7 @@ type feedMsg struct {
 func (m *Mesh) publishFeed(ctx context.Context, after uint64) error {
 	gen := uint64(time.Now().UnixNano())
 	var seq uint64
+	m.pubGen.Store(gen)
 	buf := make([]events.Event, 0, 256)
 	for {
 		evs, more, err := m.p.Log.Read(after, 256, buf)
@@ -38,6 +39,8 @@ func (m *Mesh) publishFeed(ctx context.Context, after uint64) error {
 			// Fell out of the log's window: followers must resync from a snapshot.
 			m.logger.Warn("mesh: feed gap; followers will resync", "after", after, "err", err)
 			after, gen, seq = m.p.Log.LastSeq(), gen+1, 0
+			m.pubGen.Store(gen)
+			m.pubSeq.Store(0)
 			continue
 		}
 		if len(evs) == 0 {
@@ -63,6 +66,7 @@ func (m *Mesh) publishFeed(ctx context.Context, after uint64) error {
 		}
 		seq++
 		msg.Seq = seq
+		m.pubSeq.Store(seq)
 		data, err := json.Marshal(msg)
 		if err == nil {
 			err = m.nc.Publish(m.subject("feed", m.p.Node), data)
@@ -86,8 +90,12 @@ func (m *Mesh) onFeed(msg *nats.Msg) {
 	}
 	m.mu.Lock()
 	m.seen[f.From] = time.Now()
-	gap := m.feedGen[f.From] != f.Gen || m.feedSeq[f.From]+1 != f.Seq
-	m.feedGen[f.From], m.feedSeq[f.From] = f.Gen, f.Seq
+	// A new generation, or numbers skipped, mean lost states: resync. A number
+	// at or below the position is already covered (by a snapshot): just apply.
+	gap := m.feedGen[f.From] != f.Gen || f.Seq > m.feedSeq[f.From]+1
+	if m.feedGen[f.From] != f.Gen || f.Seq > m.feedSeq[f.From] {
+		m.feedGen[f.From], m.feedSeq[f.From] = f.Gen, f.Seq
+	}
 	m.mu.Unlock()
 	m.apply(f.From, f.States)
 	if gap {
@@ -131,16 +139,23 @@ func (m *Mesh) resync(node core.NodeID) {
 		delete(m.resyncing, node)
 		m.mu.Unlock()
 	}()
-	for attempt := 0; attempt < 5; attempt++ {
+	wait := 100 * time.Millisecond
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
 		r, err := m.call(node, request{Op: opSnapshot})
 		if err == nil {
 			m.apply(node, r.Agents)
+			m.mu.Lock()
+			if m.feedGen[node] != r.FeedGen || r.FeedSeq > m.feedSeq[node] {
+				m.feedGen[node], m.feedSeq[node] = r.FeedGen, r.FeedSeq
+			}
+			m.mu.Unlock()
 			return
 		}
 		if m.nc.IsClosed() {
 			return
 		}
-		time.Sleep(time.Duration(100<<attempt) * time.Millisecond)
+		time.Sleep(wait)
+		wait = min(2*wait, 2*time.Second)
 	}
 	m.logger.Info("mesh: no snapshot from a member yet", "node", node)
 }

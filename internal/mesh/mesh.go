@@ -26,6 +26,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -90,7 +91,9 @@ type Mesh struct {
 	heads map[core.NodeID]remoteHeads
 	// seen is when each other member was last heard from (heads or feed).
 	seen map[core.NodeID]time.Time
-	subs []*nats.Subscription
+	// pubGen and pubSeq are this node's feed position (for its heads).
+	pubGen, pubSeq atomic.Uint64
+	subs           []*nats.Subscription
 }
 
 // New starts the embedded NATS server (unless the config names an external

@@ -51,6 +51,10 @@ type reply struct {
 	Agents   []agentState       `json:"agents,omitempty"`
 	Contacts []string           `json:"contacts,omitempty"`
 	Raw      json.RawMessage    `json:"raw,omitempty"`
+	// FeedGen and FeedSeq (snapshot): the owner's feed position when it took
+	// the snapshot; the follower continues from there.
+	FeedGen uint64 `json:"feed_gen,omitempty"`
+	FeedSeq uint64 `json:"feed_seq,omitempty"`
 }
 
 type agentState struct {
@@ -149,11 +153,34 @@ func (m *Mesh) tokenOp(op string, tok agent.Token, wrapUp time.Duration, local f
 	if owner == "" {
 		return agent.ErrUnknownAgent
 	}
-	r, err := m.call(owner, request{Op: op, Token: tok.String(), WrapUpMillis: wrapUp.Milliseconds()})
+	req := request{Op: op, Token: tok.String(), WrapUpMillis: wrapUp.Milliseconds()}
+	r, err := m.call(owner, req)
+	if errors.Is(err, ErrOwnerUnreachable) && op != opAccept {
+		// The interaction has moved on here; the owner must learn it too, or the
+		// agent stays held: keep telling it in the background (repeats are
+		// harmless: the lease has ended by then).
+		go m.retry(owner, req)
+		m.logger.Warn("mesh: owner unreachable; retrying in the background", "op", op, "owner", owner, "token", req.Token)
+		return nil
+	}
 	if err != nil {
 		return err
 	}
 	return r.err(tok.Agent)
+}
+
+// retry sends req to node until it answers, for up to two minutes.
+func (m *Mesh) retry(node core.NodeID, req request) {
+	wait := 250 * time.Millisecond
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) && !m.nc.IsClosed() {
+		time.Sleep(wait)
+		if _, err := m.call(node, req); err == nil || !errors.Is(err, ErrOwnerUnreachable) {
+			return
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+	m.logger.Error("mesh: gave up telling the owner", "op", req.Op, "owner", node, "token", req.Token)
 }
 
 // Accept is the agent taking the offer (interaction.Agents).
@@ -196,11 +223,14 @@ func (m *Mesh) serveRPC(msg *nats.Msg) {
 
 func (m *Mesh) handle(req request) reply {
 	if req.Op == opSnapshot {
+		// The position first: states published after it are newer than the
+		// snapshot or in it, and versions order them either way.
+		gen, seq := m.pubGen.Load(), m.pubSeq.Load()
 		var out []agentState
 		for _, v := range m.p.Local.Snapshots() {
 			out = append(out, agentState{Agent: v.ID, State: v.State})
 		}
-		return reply{Agents: out}
+		return reply{Agents: out, FeedGen: gen, FeedSeq: seq}
 	}
 	if req.Op == opRegs {
 		if m.p.Registrations == nil {

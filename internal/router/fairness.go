@@ -32,6 +32,9 @@ type Head struct {
 func (r *Router) Heads() []Head {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.draining {
+		return nil // a draining node takes no agents: others must not wait for it
+	}
 	var out []Head
 	for _, q := range r.order {
 		var seen [core.NumChannels]bool
