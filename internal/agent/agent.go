@@ -58,6 +58,8 @@ const (
 	// DenyNoDevice: the agent has no device for the channel (no phone registered
 	// for voice). Not the agent's doing: no missed-offer penalty.
 	DenyNoDevice DenyReason = "no_device"
+	// DenyCancelled: the requester withdrew the request before it arrived.
+	DenyCancelled DenyReason = "cancelled"
 )
 
 // DenyError is the typed refusal of a reservation.

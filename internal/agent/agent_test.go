@@ -504,3 +504,35 @@ func TestNoDeviceDeniesWithoutPenalty(t *testing.T) {
 		t.Fatalf("an unknown agent is ignored: %v", err)
 	}
 }
+
+// A reservation whose requester gave up (its answer was lost) is withdrawn by its
+// request id: released without penalty if granted, refused if it comes later.
+func TestCancelRequest(t *testing.T) {
+	f := newFixture(t, config.MissedOfferNotReady, config.Agent{ID: "ann"})
+	if err := f.m.Login("ann"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.m.SetReady("ann"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.m.Reserve(ReserveRequest{Agent: "ann", Interaction: "ix-1", Channel: core.ChannelTask, TTL: time.Minute, Request: "r1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.m.CancelRequest("r1"); err != nil {
+		t.Fatal(err)
+	}
+	if st := f.state(t, "ann"); st.State != string(StateReady) {
+		t.Fatalf("ann after a cancelled grant: %+v (released, no penalty expected)", st)
+	}
+	if err := f.m.CancelRequest("r2"); err != nil { // before the request arrives
+		t.Fatal(err)
+	}
+	_, err := f.m.Reserve(ReserveRequest{Agent: "ann", Interaction: "ix-2", Channel: core.ChannelTask, TTL: time.Minute, Request: "r2"})
+	var deny *DenyError
+	if !errors.As(err, &deny) || deny.Reason != DenyCancelled {
+		t.Fatalf("a request arriving after its cancel: %v, want cancelled", err)
+	}
+	if err := f.m.CancelRequest("r1"); err != nil { // twice: harmless
+		t.Fatal(err)
+	}
+}

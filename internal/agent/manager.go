@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -333,6 +334,36 @@ func (m *Manager) Reserve(req ReserveRequest) (Grant, error) {
 		m.reqOrder = append(m.reqOrder, r)
 	}
 	return g, err
+}
+
+// CancelRequest withdraws a reservation by its request id, when the requester
+// gave up waiting for the answer (a lost reply): a lease it granted is released
+// without penalty, and a request that has not arrived yet will be denied
+// (cancelled) when it does.
+func (m *Manager) CancelRequest(id core.RequestID) error {
+	if id == "" {
+		return nil
+	}
+	m.mu.Lock()
+	now := m.clock.Now()
+	m.pruneLocked(now)
+	r, ok := m.requests[id]
+	if !ok {
+		r = &remembered{req: id, expires: now.Add(requestTTL), err: &DenyError{Reason: DenyCancelled}}
+		m.requests[id] = r
+		m.reqOrder = append(m.reqOrder, r)
+		m.mu.Unlock()
+		return nil
+	}
+	tok := r.grant.Token
+	m.mu.Unlock()
+	if tok.IsZero() {
+		return nil // it was denied: nothing to give back
+	}
+	if err := m.Release(tok); err != nil && !errors.Is(err, ErrLeaseEnded) {
+		return err
+	}
+	return nil
 }
 
 func (m *Manager) reserveLocked(req ReserveRequest) (Grant, error) {

@@ -93,7 +93,9 @@ type Mesh struct {
 	seen map[core.NodeID]time.Time
 	// pubGen and pubSeq are this node's feed position (for its heads).
 	pubGen, pubSeq atomic.Uint64
-	subs           []*nats.Subscription
+	// reqSeq numbers this node's reservation requests to other owners.
+	reqSeq atomic.Uint64
+	subs   []*nats.Subscription
 }
 
 // New starts the embedded NATS server (unless the config names an external

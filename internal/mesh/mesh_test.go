@@ -491,3 +491,24 @@ func TestFreedAgentGoesToTheOldestInteractionClusterWide(t *testing.T) {
 		t.Fatalf("served in the order %v, want the creation order %v", order, created)
 	}
 }
+
+// A remote reservation can be withdrawn through the protocol by its request id
+// (what a requester does when the grant's answer was lost).
+func TestRemoteReservationCancelledByRequestID(t *testing.T) {
+	agents := []config.Agent{taskAgent("hal", "n2", 1)}
+	nodes := startCluster(t, agents, []config.Queue{taskQueue("q")}, nil)
+	n1, n2 := node(nodes, "n1"), node(nodes, "n2")
+	must(t, n2.agents.Login("hal"))
+	must(t, n2.agents.SetReady("hal"))
+	_, err := n1.mesh.Reserve(agent.ReserveRequest{Agent: "hal", Interaction: "ix-1", Channel: core.ChannelTask, TTL: time.Minute, Request: "lost-1"})
+	must(t, err)
+	if v, _ := n2.agents.Snapshot("hal"); v.State.State != string(agent.StateReserved) {
+		t.Fatalf("hal after the grant: %+v", v.State)
+	}
+	r, err := n1.mesh.call("n2", request{Op: opCancel, Request: "lost-1"})
+	must(t, err)
+	must(t, r.err("hal"))
+	if v, _ := n2.agents.Snapshot("hal"); v.State.State != string(agent.StateReady) {
+		t.Fatalf("hal after the cancel: %+v", v.State)
+	}
+}

@@ -23,6 +23,7 @@ const (
 	opSnapshot = "snapshot"
 	opContacts = "contacts"
 	opRegs     = "registrations"
+	opCancel   = "cancel"
 )
 
 // request is a message to an agent's owner.
@@ -129,8 +130,16 @@ func (m *Mesh) Reserve(req agent.ReserveRequest) (agent.Grant, error) {
 	if owner == "" {
 		return agent.Grant{}, &agent.DenyError{Agent: req.Agent, Reason: agent.DenyUnknownAgent}
 	}
+	if req.Request == "" { // so that a reservation whose answer is lost can be withdrawn
+		req.Request = core.RequestID(fmt.Sprintf("%s/%d/%d", m.p.Node, m.pubGen.Load(), m.reqSeq.Add(1)))
+	}
 	r, err := m.call(owner, request{Op: opReserve, Agent: req.Agent, Interaction: req.Interaction, Channel: req.Channel,
 		TTLMillis: req.TTL.Milliseconds(), Request: req.Request})
+	if errors.Is(err, ErrOwnerUnreachable) {
+		// The owner may have granted it anyway: withdraw it (no penalty), so the
+		// agent is not held for an offer nobody will deliver.
+		go m.retry(owner, request{Op: opCancel, Request: req.Request})
+	}
 	if err != nil {
 		return agent.Grant{}, err
 	}
@@ -241,6 +250,12 @@ func (m *Mesh) handle(req request) reply {
 			return encodeErr(err)
 		}
 		return reply{Raw: raw}
+	}
+	if req.Op == opCancel {
+		if err := m.p.Local.CancelRequest(req.Request); err != nil {
+			return encodeErr(err)
+		}
+		return reply{}
 	}
 	if req.Op == opContacts {
 		if m.p.Contacts == nil {
