@@ -66,13 +66,18 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 	n.start = last
 	n.log = events.NewLog(last, logWindow, true)
 	clk := clock.Real{}
+	epoch, err := nextEpoch(cfg.Node.DataDir, time.Now())
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
 	owned := cfg.Agents
 	if cfg.Cluster.Enabled() {
 		owned = mesh.Owned(cfg.Cluster.Members, cfg.Node.ID, cfg.Agents)
 	}
 	n.agents = agent.NewManager(agent.Params{
 		Node: cfg.Node.ID, Agents: owned, Clock: clk, Log: n.log, MissedOffer: cfg.Routing.MissedOffer,
-		Epoch: uint64(time.Now().UnixNano()), Logger: n.logger.With("component", "agent"),
+		Epoch: epoch, Logger: n.logger.With("component", "agent"),
 		Reachable: n.reachable,
 	})
 	// Alone, the node's agent manager answers every reservation; in a cluster the
