@@ -95,7 +95,9 @@ type Mesh struct {
 	pubGen, pubSeq atomic.Uint64
 	// reqSeq numbers this node's reservation requests to other owners.
 	reqSeq atomic.Uint64
-	subs   []*nats.Subscription
+	// downUntil: members that did not answer, not asked again until then.
+	downUntil map[core.NodeID]time.Time
+	subs      []*nats.Subscription
 }
 
 // New starts the embedded NATS server (unless the config names an external
@@ -107,7 +109,7 @@ func New(p Params) (*Mesh, error) {
 	m := &Mesh{p: p, prefix: "ccm." + p.Config.Name + ".", owners: Owners(p.Config.Members, p.Agents),
 		timeout: p.Config.RequestTimeout.D(), logger: p.Logger,
 		remote: map[core.AgentID]events.AgentState{}, feedGen: map[core.NodeID]uint64{}, feedSeq: map[core.NodeID]uint64{}, resyncing: map[core.NodeID]bool{},
-		heads: map[core.NodeID]remoteHeads{}, seen: map[core.NodeID]time.Time{}}
+		heads: map[core.NodeID]remoteHeads{}, seen: map[core.NodeID]time.Time{}, downUntil: map[core.NodeID]time.Time{}}
 	if m.timeout <= 0 {
 		m.timeout = config.DefaultRequestTimeout.D()
 	}

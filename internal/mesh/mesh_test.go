@@ -301,6 +301,14 @@ func TestUnreachableOwnerFailsFast(t *testing.T) {
 	if d := time.Since(start); d > 2*time.Second {
 		t.Fatalf("took %s", d)
 	}
+	// Asked again at once, it does not wait: the member is taken as down for a moment.
+	start = time.Now()
+	if _, err := n1.mesh.Reserve(agent.ReserveRequest{Agent: "dan", Interaction: "ix-2", Channel: core.ChannelTask, TTL: time.Minute}); !errors.Is(err, ErrOwnerUnreachable) {
+		t.Fatalf("second reserve: %v", err)
+	}
+	if d := time.Since(start); d > 50*time.Millisecond {
+		t.Fatalf("the second request to a down member took %s", d)
+	}
 }
 
 func must(t *testing.T, err error) {

@@ -106,9 +106,21 @@ func (m *Mesh) call(node core.NodeID, req request) (reply, error) {
 	if err != nil {
 		return reply{}, err
 	}
+	// A member that just failed to answer is not asked again for a moment: the
+	// router calls with its lock held, so each wait on a dead member stalls
+	// routing (ADR 0006); one probe per downFor is enough to see it return.
+	m.mu.Lock()
+	until := m.downUntil[node]
+	m.mu.Unlock()
+	if time.Now().Before(until) {
+		return reply{}, fmt.Errorf("mesh: %s to %s: %w (did not answer just before)", req.Op, node, ErrOwnerUnreachable)
+	}
 	msg, err := m.nc.Request(m.subject("rpc", node), data, m.timeout)
 	if err != nil {
 		if errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) {
+			m.mu.Lock()
+			m.downUntil[node] = time.Now().Add(downFor)
+			m.mu.Unlock()
 			return reply{}, fmt.Errorf("mesh: %s to %s: %w (%v)", req.Op, node, ErrOwnerUnreachable, err)
 		}
 		return reply{}, fmt.Errorf("mesh: %s to %s: %w", req.Op, node, err)
@@ -119,6 +131,9 @@ func (m *Mesh) call(node core.NodeID, req request) (reply, error) {
 	}
 	return r, nil
 }
+
+// downFor is how long a member that did not answer is taken as unreachable.
+const downFor = time.Second
 
 // Reserve asks the agent's owner for a reservation (router.Reserver): a local
 // call when this node owns the agent, a request otherwise.
