@@ -70,12 +70,11 @@ type Registrar struct {
 	// Counters for /metrics.
 	authFailures, blockedRequests, challenges atomic.Uint64
 
+	// mu guards bindings, failures and onReach.
+	mu sync.Mutex
 	// onReach, when set, learns when an agent gets its first phone or loses its
 	// last (called without the registrar's lock).
-	onReach func(id core.AgentID, reachable bool)
-
-	// mu guards bindings and failures.
-	mu       sync.Mutex
+	onReach  func(id core.AgentID, reachable bool)
 	bindings map[core.AgentID][]*Binding
 	failures map[string]*failState
 }
@@ -97,7 +96,11 @@ func NewRegistrar(cfg config.SIPConfig, dir Directory, log *events.Log, clk cloc
 
 // OnReachability sets the function told when an agent gets its first registered
 // phone or loses its last one. Call before the registrar serves.
-func (r *Registrar) OnReachability(f func(id core.AgentID, reachable bool)) { r.onReach = f }
+func (r *Registrar) OnReachability(f func(id core.AgentID, reachable bool)) {
+	r.mu.Lock()
+	r.onReach = f
+	r.mu.Unlock()
+}
 
 // reply sends a response built from req with extra headers.
 func reply(tx sip.ServerTransaction, req *sip.Request, code int, reason string, hdrs ...sip.Header) {
@@ -360,7 +363,7 @@ func (r *Registrar) register(req *sip.Request, tx sip.ServerTransaction, id core
 			return
 		}
 	}
-	changed := (len(cur) > 0) != (len(next) > 0)
+	changed, onReach := (len(cur) > 0) != (len(next) > 0), r.onReach
 	if len(next) == 0 {
 		delete(r.bindings, id)
 	} else {
@@ -375,8 +378,8 @@ func (r *Registrar) register(req *sip.Request, tx sip.ServerTransaction, id core
 		res.AppendHeader(sip.NewHeader("Contact", "<"+b.Contact+">;expires="+strconv.Itoa(int(b.ExpiresAt.Sub(now).Round(time.Second).Seconds()))))
 	}
 	r.mu.Unlock()
-	if changed && r.onReach != nil {
-		r.onReach(id, len(next) > 0)
+	if changed && onReach != nil {
+		onReach(id, len(next) > 0)
 	}
 	if appendErr != nil {
 		reply(tx, req, 500, "Server Internal Error")
@@ -446,15 +449,16 @@ func (r *Registrar) Sweep() {
 			delete(r.failures, src)
 		}
 	}
+	onReach := r.onReach
 	r.mu.Unlock()
 	if len(evs) > 0 {
 		if _, err := r.log.Append(evs...); err != nil {
 			r.logger.Error("sip: record expired registrations", "err", err)
 		}
 	}
-	if r.onReach != nil {
+	if onReach != nil {
 		for _, id := range gone {
-			r.onReach(id, false)
+			onReach(id, false)
 		}
 	}
 }
