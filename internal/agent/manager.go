@@ -237,6 +237,38 @@ func (m *Manager) Logout(id core.AgentID, force bool) error {
 	return err
 }
 
+// RevokeHolder ends every lease held by node (a cluster member that restarted:
+// the interactions behind those leases died with its previous run), as revoked,
+// without a missed-offer penalty. It returns how many leases ended.
+func (m *Manager) RevokeHolder(node core.NodeID) int {
+	if node == "" {
+		return 0
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for _, a := range m.agents {
+		ended := false
+		for _, l := range a.leases {
+			if l.holder != node {
+				continue
+			}
+			if err := m.endLeaseLocked(a, l, string(OutcomeRevoked)); err != nil {
+				m.logger.Error("revoke a restarted member's lease", "agent", a.cfg.ID, "err", err)
+				continue
+			}
+			ended = true
+			n++
+		}
+		if ended {
+			if err := m.emitStateLocked(a, "holder_restarted"); err != nil {
+				m.logger.Error("revoke a restarted member's lease", "agent", a.cfg.ID, "err", err)
+			}
+		}
+	}
+	return n
+}
+
 // SetReady makes a logged-in agent ready. Any wrap-up in progress continues; the
 // agent receives offers on channels with free capacity.
 func (m *Manager) SetReady(id core.AgentID) error {

@@ -42,6 +42,8 @@ type headsMsg struct {
 	// owner's feed sends nothing that would show the gap).
 	FeedGen uint64 `json:"feed_gen"`
 	FeedSeq uint64 `json:"feed_seq"`
+	// Boot identifies the sender's run: a new one means it restarted.
+	Boot uint64 `json:"boot"`
 }
 
 type remoteHeads struct {
@@ -74,7 +76,7 @@ func (m *Mesh) publishHeads(ctx context.Context, src HeadsSource) {
 		if slices.Equal(heads, last) && time.Since(sent) < headsRefresh {
 			continue
 		}
-		data, err := json.Marshal(headsMsg{From: m.p.Node, Heads: heads, FeedGen: m.pubGen.Load(), FeedSeq: m.pubSeq.Load()})
+		data, err := json.Marshal(headsMsg{From: m.p.Node, Heads: heads, FeedGen: m.pubGen.Load(), FeedSeq: m.pubSeq.Load(), Boot: m.boot})
 		if err == nil {
 			err = m.nc.Publish(m.prefix+"heads."+string(m.p.Node), data)
 		}
@@ -105,6 +107,7 @@ func (m *Mesh) onHeads(msg *nats.Msg) {
 		m.heads[h.From] = rh
 	}
 	m.mu.Unlock()
+	m.noteBoot(h.From, h.Boot)
 	if lagging {
 		go m.resync(h.From)
 	}

@@ -21,6 +21,8 @@ type feedMsg struct {
 	Gen    uint64       `json:"gen"`
 	Seq    uint64       `json:"seq"`
 	States []agentState `json:"states"`
+	// Boot identifies the sender's run (see noteBoot).
+	Boot uint64 `json:"boot"`
 }
 
 // publishFeed follows this node's log and publishes its agents' states, one
@@ -51,7 +53,7 @@ func (m *Mesh) publishFeed(ctx context.Context, after uint64) error {
 				return nil
 			}
 		}
-		msg := feedMsg{From: m.p.Node, Gen: gen}
+		msg := feedMsg{From: m.p.Node, Gen: gen, Boot: m.boot}
 		for _, ev := range evs {
 			if ev.Type != events.TypeAgentState {
 				continue
@@ -97,6 +99,7 @@ func (m *Mesh) onFeed(msg *nats.Msg) {
 		m.feedGen[f.From], m.feedSeq[f.From] = f.Gen, f.Seq
 	}
 	m.mu.Unlock()
+	m.noteBoot(f.From, f.Boot)
 	m.apply(f.From, f.States)
 	if gap {
 		go m.resync(f.From)
@@ -158,6 +161,25 @@ func (m *Mesh) resync(node core.NodeID) {
 		wait = min(2*wait, 2*time.Second)
 	}
 	m.logger.Info("mesh: no snapshot from a member yet", "node", node)
+}
+
+// noteBoot watches each member's run: when a member that held leases here
+// comes back as a new run, its previous run's interactions are gone (they
+// failed at its start), so the leases it held are revoked here — the agents
+// are not left reserved or busy by a holder that no longer exists.
+func (m *Mesh) noteBoot(node core.NodeID, boot uint64) {
+	if boot == 0 {
+		return
+	}
+	m.mu.Lock()
+	prev := m.boots[node]
+	m.boots[node] = boot
+	m.mu.Unlock()
+	if prev != 0 && prev != boot {
+		if n := m.p.Local.RevokeHolder(node); n > 0 {
+			m.logger.Info("mesh: a member restarted; its leases here revoked", "node", node, "leases", n)
+		}
+	}
 }
 
 // leaseMsg is a lease that ended at its owner, for the node holding it.

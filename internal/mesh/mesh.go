@@ -97,7 +97,10 @@ type Mesh struct {
 	reqSeq atomic.Uint64
 	// downUntil: members that did not answer, not asked again until then.
 	downUntil map[core.NodeID]time.Time
-	subs      []*nats.Subscription
+	// boot identifies this run; boots are the other members' runs as last seen.
+	boot  uint64
+	boots map[core.NodeID]uint64
+	subs  []*nats.Subscription
 }
 
 // New starts the embedded NATS server (unless the config names an external
@@ -109,7 +112,7 @@ func New(p Params) (*Mesh, error) {
 	m := &Mesh{p: p, prefix: "ccm." + p.Config.Name + ".", owners: Owners(p.Config.Members, p.Agents),
 		timeout: p.Config.RequestTimeout.D(), logger: p.Logger,
 		remote: map[core.AgentID]events.AgentState{}, feedGen: map[core.NodeID]uint64{}, feedSeq: map[core.NodeID]uint64{}, resyncing: map[core.NodeID]bool{},
-		heads: map[core.NodeID]remoteHeads{}, seen: map[core.NodeID]time.Time{}, downUntil: map[core.NodeID]time.Time{}}
+		heads: map[core.NodeID]remoteHeads{}, seen: map[core.NodeID]time.Time{}, downUntil: map[core.NodeID]time.Time{}, boots: map[core.NodeID]uint64{}, boot: uint64(time.Now().UnixNano())}
 	if m.timeout <= 0 {
 		m.timeout = config.DefaultRequestTimeout.D()
 	}

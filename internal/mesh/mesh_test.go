@@ -520,3 +520,28 @@ func TestRemoteReservationCancelledByRequestID(t *testing.T) {
 		t.Fatalf("hal after the cancel: %+v", v.State)
 	}
 }
+
+// A member that comes back as a new run held leases whose interactions died with
+// its previous run: the owner revokes them (the agent is not left reserved).
+func TestOwnerRevokesLeasesOfARestartedHolder(t *testing.T) {
+	agents := []config.Agent{taskAgent("ivy", "n2", 1)}
+	nodes := startCluster(t, agents, []config.Queue{taskQueue("q")}, nil)
+	n1, n2 := node(nodes, "n1"), node(nodes, "n2")
+	must(t, n2.agents.Login("ivy"))
+	must(t, n2.agents.SetReady("ivy"))
+	_, err := n1.mesh.Reserve(agent.ReserveRequest{Agent: "ivy", Interaction: "ix-1", Channel: core.ChannelTask, TTL: time.Minute})
+	must(t, err)
+	eventually(t, "n2 knowing n1's run", func() bool {
+		n2.mesh.mu.Lock()
+		defer n2.mesh.mu.Unlock()
+		return n2.mesh.boots["n1"] == n1.mesh.boot
+	})
+	n2.mesh.noteBoot("n1", n1.mesh.boot) // the same run: nothing happens
+	if v, _ := n2.agents.Snapshot("ivy"); v.State.State != string(agent.StateReserved) {
+		t.Fatalf("ivy revoked for the same run: %+v", v.State)
+	}
+	n2.mesh.noteBoot("n1", n1.mesh.boot+1) // n1 restarted
+	if v, _ := n2.agents.Snapshot("ivy"); v.State.State != string(agent.StateReady) {
+		t.Fatalf("ivy after her holder restarted: %+v", v.State)
+	}
+}
