@@ -202,8 +202,7 @@ func TestInteractionAtOneNodeTakesAgentOwnedByAnother(t *testing.T) {
 	if err := n1.agents.Login("ann"); !errors.Is(err, agent.ErrUnknownAgent) {
 		t.Fatalf("login of ann at n1 (not her owner): %v", err)
 	}
-	must(t, n2.agents.Login("ann"))
-	must(t, n2.agents.SetReady("ann"))
+	ready(t, n2, "ann")
 	ix, _, err := n1.ix.Create(interaction.CreateRequest{Channel: core.ChannelTask, Queue: "q"})
 	must(t, err)
 	eventually(t, "the interaction offered to ann", func() bool {
@@ -237,8 +236,7 @@ func TestRemoteOfferExpiryComesBack(t *testing.T) {
 	q.OfferTimeout = config.Duration(300 * time.Millisecond)
 	nodes := startCluster(t, agents, []config.Queue{q}, nil)
 	n1, n3 := node(nodes, "n1"), node(nodes, "n3")
-	must(t, n3.agents.Login("bob"))
-	must(t, n3.agents.SetReady("bob"))
+	ready(t, n3, "bob")
 	ix, _, err := n1.ix.Create(interaction.CreateRequest{Channel: core.ChannelTask, Queue: "q"})
 	must(t, err)
 	eventually(t, "offered to bob", func() bool { got, _ := n1.ix.Get(ix.ID); return got.State == string(interaction.StateOffered) })
@@ -258,8 +256,7 @@ func TestStaleEpochCannotAct(t *testing.T) {
 	agents := []config.Agent{taskAgent("cat", "n2", 1)}
 	nodes := startCluster(t, agents, []config.Queue{taskQueue("q")}, nil)
 	n1, n2 := node(nodes, "n1"), node(nodes, "n2")
-	must(t, n2.agents.Login("cat"))
-	must(t, n2.agents.SetReady("cat"))
+	ready(t, n2, "cat")
 	g, err := n1.mesh.Reserve(agent.ReserveRequest{Agent: "cat", Interaction: "ix-1", Channel: core.ChannelTask, TTL: time.Minute})
 	must(t, err)
 	stale := g.Token
@@ -309,6 +306,13 @@ func TestUnreachableOwnerFailsFast(t *testing.T) {
 	if d := time.Since(start); d > 50*time.Millisecond {
 		t.Fatalf("the second request to a down member took %s", d)
 	}
+}
+
+// ready logs agent id in at its owner n and makes it ready.
+func ready(t *testing.T, n *testNode, id core.AgentID) {
+	t.Helper()
+	must(t, n.agents.Login(id))
+	must(t, n.agents.SetReady(id))
 }
 
 func must(t *testing.T, err error) {
@@ -506,8 +510,7 @@ func TestRemoteReservationCancelledByRequestID(t *testing.T) {
 	agents := []config.Agent{taskAgent("hal", "n2", 1)}
 	nodes := startCluster(t, agents, []config.Queue{taskQueue("q")}, nil)
 	n1, n2 := node(nodes, "n1"), node(nodes, "n2")
-	must(t, n2.agents.Login("hal"))
-	must(t, n2.agents.SetReady("hal"))
+	ready(t, n2, "hal")
 	_, err := n1.mesh.Reserve(agent.ReserveRequest{Agent: "hal", Interaction: "ix-1", Channel: core.ChannelTask, TTL: time.Minute, Request: "lost-1"})
 	must(t, err)
 	if v, _ := n2.agents.Snapshot("hal"); v.State.State != string(agent.StateReserved) {
@@ -527,8 +530,7 @@ func TestOwnerRevokesLeasesOfARestartedHolder(t *testing.T) {
 	agents := []config.Agent{taskAgent("ivy", "n2", 1)}
 	nodes := startCluster(t, agents, []config.Queue{taskQueue("q")}, nil)
 	n1, n2 := node(nodes, "n1"), node(nodes, "n2")
-	must(t, n2.agents.Login("ivy"))
-	must(t, n2.agents.SetReady("ivy"))
+	ready(t, n2, "ivy")
 	_, err := n1.mesh.Reserve(agent.ReserveRequest{Agent: "ivy", Interaction: "ix-1", Channel: core.ChannelTask, TTL: time.Minute})
 	must(t, err)
 	eventually(t, "n2 knowing n1's run", func() bool {

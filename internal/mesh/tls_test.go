@@ -63,8 +63,7 @@ func TestRoutesWithTLSAndCredentials(t *testing.T) {
 		c.TLS, c.RouteUser, c.RoutePassword = pki, "ccmesh", "route-secret-0123456789"
 	})
 	n1, n3 := node(nodes, "n1"), node(nodes, "n3")
-	must(t, n3.agents.Login("gus"))
-	must(t, n3.agents.SetReady("gus"))
+	ready(t, n3, "gus")
 	g, err := n1.mesh.Reserve(agent.ReserveRequest{Agent: "gus", Interaction: "ix-1", Channel: core.ChannelTask, TTL: time.Minute})
 	must(t, err)
 	must(t, n1.mesh.Release(g.Token))

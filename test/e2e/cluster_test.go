@@ -103,9 +103,7 @@ func TestCallAtOneNodeAnsweredByAgentOwnedByAnother(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("ann's phone did not finish")
 	}
-	list := decode[struct {
-		Interactions []ixBody `json:"interactions"`
-	}](t, c1.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200)).Interactions
+	list := c1.voice()
 	if len(list) != 1 || list[0].Agent != "ann" {
 		t.Fatalf("node-1's voice interactions: %+v", list)
 	}

@@ -138,9 +138,7 @@ func TestQueueAnswerModeClosedTargetAndCallLimit(t *testing.T) {
 		defer cancel()
 		call := waitAnswered(ctx, t, p.sipUDP, "2001") // answered with nobody ready
 		readRTP(t, call.callerMedia, 3*time.Second, isMusic)
-		if got := decode[struct {
-			Interactions []ixBody `json:"interactions"`
-		}](t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200)).Interactions; len(got) != 1 || got[0].State != "queued" {
+		if got := c.voice(); len(got) != 1 || got[0].State != "queued" {
 			t.Fatalf("answered call should still be queued: %+v", got)
 		}
 		c.loginReady("sales", 1, "ann")
@@ -159,9 +157,7 @@ func TestQueueAnswerModeClosedTargetAndCallLimit(t *testing.T) {
 		_, dlg := goCall(ctx, t, p.sipUDP, "2001", sdp.PCMU, 0)
 		defer func() { _ = dlg.Close() }()
 		eventually(t, 5*time.Second, "the call waiting in support", func() bool {
-			got := decode[struct {
-				Interactions []ixBody `json:"interactions"`
-			}](t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200)).Interactions
+			got := c.voice()
 			return len(got) == 1 && got[0].Queue == "support" && got[0].State == "queued"
 		})
 	})

@@ -461,4 +461,12 @@ func (c *client) connect(id string) string {
 	return ix
 }
 
+// voice lists the node's voice interactions, newest first.
+func (c *client) voice() []ixBody {
+	c.t.Helper()
+	return decode[struct {
+		Interactions []ixBody `json:"interactions"`
+	}](c.t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200)).Interactions
+}
+
 func jsonUnmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }

@@ -224,10 +224,8 @@ func TestMediaAnchoredAtTheNode(t *testing.T) {
 	// 6. The caller hangs up: the agent's leg is hung up too.
 	hangUp(ctx, t, dlg, phone)
 	eventually(t, 5*time.Second, "the call in wrap-up", func() bool {
-		list := decode[struct {
-			Interactions []ixBody `json:"interactions"`
-		}](t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200))
-		return len(list.Interactions) == 1 && strings.Contains("wrap_up ended", list.Interactions[0].State)
+		list := c.voice()
+		return len(list) == 1 && strings.Contains("wrap_up ended", list[0].State)
 	})
 }
 

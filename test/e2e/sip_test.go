@@ -191,16 +191,24 @@ func TestBaresipAutoAnswersAQueuedCall(t *testing.T) {
 	if code, out := sipp(t, "caller.xml", p.sipUDP, "u1", nil, 1, "-s", "2001"); code != 0 {
 		t.Fatalf("caller: exit %d\n%s", code, out)
 	}
-	list := decode[struct {
-		Interactions []ixBody `json:"interactions"`
-	}](t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200))
-	if len(list.Interactions) != 1 || list.Interactions[0].Agent != "ann" {
-		t.Fatalf("voice interactions: %+v", list.Interactions)
+	list := c.voice()
+	if len(list) != 1 || list[0].Agent != "ann" {
+		t.Fatalf("voice interactions: %+v", list)
 	}
 	// The caller's BYE is answered at once; the wrap-up is recorded just after.
 	eventually(t, 5*time.Second, "the call in wrap-up", func() bool {
-		return strings.HasPrefix(strings.Join(c.states(list.Interactions[0].ID), ","), "created,queued,offered,connected,wrap_up")
+		return strings.HasPrefix(strings.Join(c.states(list[0].ID), ","), "created,queued,offered,connected,wrap_up")
 	})
+}
+
+// goSipp runs sipp in the background; the channel reports "exit N" and its output.
+func goSipp(t *testing.T, scenario, target, transport string, users []string, calls int, extra ...string) <-chan string {
+	res := make(chan string, 1)
+	go func() {
+		code, out := sipp(t, scenario, target, transport, users, calls, extra...)
+		res <- fmt.Sprintf("exit %d\n%s", code, out)
+	}()
+	return res
 }
 
 func hasArg(args []string, name string) bool {
@@ -241,16 +249,11 @@ func TestCallQueuedAndAnsweredByAgentPhone(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("agent phone did not finish")
 	}
-	var list struct {
-		Interactions []ixBody `json:"interactions"`
+	list := c.voice()
+	if len(list) != 1 || list[0].Agent != "ann" {
+		t.Fatalf("voice interactions: %+v", list)
 	}
-	list = decode[struct {
-		Interactions []ixBody `json:"interactions"`
-	}](t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200))
-	if len(list.Interactions) != 1 || list.Interactions[0].Agent != "ann" {
-		t.Fatalf("voice interactions: %+v", list.Interactions)
-	}
-	states := strings.Join(c.states(list.Interactions[0].ID), ",")
+	states := strings.Join(c.states(list[0].ID), ",")
 	if !strings.HasPrefix(states, "created,queued,offered,connected,wrap_up") {
 		t.Fatalf("lifecycle %s", states)
 	}
@@ -265,14 +268,10 @@ func TestCallerAbandonsWhileQueuedAndUnknownNumber(t *testing.T) {
 	if code, out := sipp(t, "caller_cancel.xml", p.sipUDP, "u1", nil, 1, "-s", "2002", "-d", "1000"); code != 0 {
 		t.Fatalf("caller cancel: exit %d\n%s", code, out)
 	}
-	var list struct {
-		Interactions []ixBody `json:"interactions"`
-	}
+	var list []ixBody
 	eventually(t, 2*time.Second, "the call recorded as abandoned", func() bool {
-		list = decode[struct {
-			Interactions []ixBody `json:"interactions"`
-		}](t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200))
-		return len(list.Interactions) == 1 && list.Interactions[0].State == "abandoned"
+		list = c.voice()
+		return len(list) == 1 && list[0].State == "abandoned"
 	})
 	if q := decode[struct {
 		Abandoned int `json:"abandoned"`
@@ -316,20 +315,16 @@ func TestAgentPhoneBusyOrNoAnswer(t *testing.T) {
 			if ag.State.State != "not_ready" || ag.State.Reason != "missed offer" {
 				t.Fatalf("ann after a %s phone: %+v", tc.name, ag.State)
 			}
-			var list struct {
-				Interactions []ixBody `json:"interactions"`
-			}
+			var list []ixBody
 			eventually(t, 2*time.Second, "the call recorded as abandoned", func() bool {
-				list = decode[struct {
-					Interactions []ixBody `json:"interactions"`
-				}](t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200))
-				return len(list.Interactions) == 1 && list.Interactions[0].State == "abandoned"
+				list = c.voice()
+				return len(list) == 1 && list[0].State == "abandoned"
 			})
-			states := strings.Join(c.states(list.Interactions[0].ID), ",")
+			states := strings.Join(c.states(list[0].ID), ",")
 			if states != "created,queued,offered,queued,abandoned" {
 				t.Fatalf("lifecycle %s", states)
 			}
-			if body := string(c.call("GET", "/api/v1/interactions/"+list.Interactions[0].ID+"/events", admin(), "", 200)); !strings.Contains(body, `"outcome": "`+tc.outcome+`"`) {
+			if body := string(c.call("GET", "/api/v1/interactions/"+list[0].ID+"/events", admin(), "", 200)); !strings.Contains(body, `"outcome": "`+tc.outcome+`"`) {
 				t.Fatalf("no %s lease in the history:\n%s", tc.outcome, body)
 			}
 		})
@@ -365,11 +360,9 @@ func TestCallerPastMaxWaitGets480(t *testing.T) {
 	if code, out := sipp(t, "caller_timeout.xml", p.sipUDP, "u1", nil, 1, "-s", "2002"); code != 0 {
 		t.Fatalf("caller: exit %d\n%s", code, out)
 	}
-	list := decode[struct {
-		Interactions []ixBody `json:"interactions"`
-	}](t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200))
-	if len(list.Interactions) != 1 || list.Interactions[0].State != "timed_out" {
-		t.Fatalf("voice interactions: %+v", list.Interactions)
+	list := c.voice()
+	if len(list) != 1 || list[0].State != "timed_out" {
+		t.Fatalf("voice interactions: %+v", list)
 	}
 }
 
@@ -393,11 +386,7 @@ func sippPhone(t *testing.T, p *proc, id string, phoneArgs ...string) <-chan str
 		"-key", "contact_port", fmt.Sprint(port)); code != 0 {
 		t.Fatalf("register %s's phone: exit %d\n%s", id, code, out)
 	}
-	res := make(chan string, 1)
-	go func() {
-		code, out := sipp(t, "", "", "u1", nil, 1, append(phoneArgs, "-p", fmt.Sprint(port))...)
-		res <- fmt.Sprintf("exit %d\n%s", code, out)
-	}()
+	res := goSipp(t, "", "", "u1", nil, 1, append(phoneArgs, "-p", fmt.Sprint(port))...)
 	eventually(t, 5*time.Second, id+"'s phone listening", func() bool {
 		conn, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err == nil {

@@ -227,9 +227,7 @@ func TestBlindTransferToQueueThenToAgentDN(t *testing.T) {
 	if last.SSRC != first.SSRC {
 		t.Fatalf("caller's stream changed: ssrc %x, want %x", last.SSRC, first.SSRC)
 	}
-	ix := decode[struct {
-		Interactions []ixBody `json:"interactions"`
-	}](t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200)).Interactions
+	ix := c.voice()
 	if len(ix) != 1 || ix[0].Agent != "dev" || ix[0].State != "connected" || ix[0].Queue != "support" {
 		t.Fatalf("after two transfers: %+v", ix)
 	}
@@ -266,17 +264,11 @@ func TestSippAgentHoldsAndTransfers(t *testing.T) {
 		c := newClient(t, p.base)
 		ann := annsPhone(t, p, c, "-sf", mustAbs(t, "sipp/agent_transfer.xml"), "-key", "target", "1002")
 		bob := sippPhone(t, p, "bob", "-sn", "uas")
-		caller := make(chan string, 1)
-		go func() {
-			code, out := sipp(t, "caller_talk.xml", p.sipUDP, "u1", nil, 1, "-s", "2001", "-d", "4000")
-			caller <- fmt.Sprintf("exit %d\n%s", code, out)
-		}()
+		caller := goSipp(t, "caller_talk.xml", p.sipUDP, "u1", nil, 1, "-s", "2001", "-d", "4000")
 		// Bob gets ready once ann has the call (both can take sales calls).
 		var id string
 		eventually(t, 10*time.Second, "ann connected", func() bool {
-			list := decode[struct {
-				Interactions []ixBody `json:"interactions"`
-			}](t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200)).Interactions
+			list := c.voice()
 			if len(list) == 1 && list[0].State == "connected" && list[0].Agent == "ann" {
 				id = list[0].ID
 				return true
@@ -376,9 +368,7 @@ func TestDirectCallsAndInDialogHygiene(t *testing.T) {
 	call := waitAnswered(ctx, t, p.sipUDP, "1004")
 	devMedia, _ := answeredBy(t, dev)
 	speak(t, dev, devMedia, call, 0x47)
-	list := decode[struct {
-		Interactions []ixBody `json:"interactions"`
-	}](t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200)).Interactions
+	list := c.voice()
 	if len(list) != 1 || list[0].Agent != "dev" || list[0].Queue != "" || list[0].State != "connected" {
 		t.Fatalf("direct call: %+v", list)
 	}
@@ -438,9 +428,7 @@ func TestCallEndedWhenMediaStops(t *testing.T) {
 	if d := time.Since(start); d < 4*time.Second {
 		t.Fatalf("ended %s after the media stopped, before the 5 s timeout", d)
 	}
-	list := decode[struct {
-		Interactions []ixBody `json:"interactions"`
-	}](t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200)).Interactions
+	list := c.voice()
 	if len(list) != 1 {
 		t.Fatalf("interactions: %+v", list)
 	}
@@ -470,9 +458,7 @@ func TestCallerAbandonsWhileAgentPhoneRings(t *testing.T) {
 	}
 	var list []ixBody
 	eventually(t, 2*time.Second, "the call abandoned", func() bool {
-		list = decode[struct {
-			Interactions []ixBody `json:"interactions"`
-		}](t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200)).Interactions
+		list = c.voice()
 		return len(list) == 1 && list[0].State == "abandoned"
 	})
 	if states := strings.Join(c.states(list[0].ID), ","); states != "created,queued,offered,abandoned" {
@@ -494,16 +480,10 @@ func TestReadyAgentWithoutPhoneGetsTheCallOncePhoneRegisters(t *testing.T) {
 	p := serve(t, writeConfig(t, configOpts{dataDir: t.TempDir(), digest: "[MD5, SHA-256]"}))
 	c := newClient(t, p.base)
 	c.loginReady("sales", 1, "ann") // no phone yet
-	caller := make(chan string, 1)
-	go func() {
-		code, out := sipp(t, "caller.xml", p.sipUDP, "u1", nil, 1, "-s", "2001")
-		caller <- fmt.Sprintf("exit %d\n%s", code, out)
-	}()
+	caller := goSipp(t, "caller.xml", p.sipUDP, "u1", nil, 1, "-s", "2001")
 	var id string
 	eventually(t, 5*time.Second, "the call queued", func() bool {
-		list := decode[struct {
-			Interactions []ixBody `json:"interactions"`
-		}](t, c.call("GET", "/api/v1/interactions?channel=voice", admin(), "", 200)).Interactions
+		list := c.voice()
 		if len(list) == 1 && list[0].State == "queued" {
 			id = list[0].ID
 			return true
