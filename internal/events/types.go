@@ -72,6 +72,10 @@ type AgentState struct {
 	Version uint64 `json:"version"`
 	// Epoch is the owner's epoch for the agent.
 	Epoch uint64 `json:"epoch"`
+	// Fence is the cluster directory's revision under which the owner holds the
+	// agent (0: the configured owner, never moved). It orders states before the
+	// epoch: an owner the agent moved to wins over the one it left (ADR 0006).
+	Fence uint64 `json:"fence,omitempty"`
 	// Load is the per-channel load after the change.
 	Load []ChannelLoad `json:"load"`
 	// IdleSince is when the agent last became free on any channel.

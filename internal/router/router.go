@@ -14,6 +14,7 @@
 package router
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -130,8 +131,9 @@ type agentView struct {
 	idleSince int64
 	index     int // position in the sorted agent list, for round-robin
 	id        core.AgentID
-	// epoch and version order the owner's states: a new owner epoch (the owner
-	// restarted, or ownership moved) wins whatever its version.
+	// fence, epoch and version order the owner's states: a new directory fence
+	// (ownership moved) or owner epoch (the owner restarted) wins whatever its version.
+	fence   uint64
 	epoch   uint64
 	version uint64
 	skills  map[core.SkillName]int
@@ -606,17 +608,29 @@ func (r *Router) applyEventLocked(id core.AgentID, st events.AgentState) {
 	r.agentFreedLocked(v)
 }
 
-// newerState reports whether st is newer than what v shows: a later owner epoch,
-// or the same epoch and a later version.
+// newerState reports whether st is newer than what v shows: a later directory
+// fence (the agent moved to another owner), else a later owner epoch, else the
+// same epoch and a later version.
 func newerState(v *agentView, st events.AgentState) bool {
-	return st.Epoch > v.epoch || st.Epoch == v.epoch && st.Version > v.version
+	return compareState(v, st) > 0
+}
+
+// compareState orders st against v's state by (fence, epoch, version).
+func compareState(v *agentView, st events.AgentState) int {
+	if c := cmp.Compare(st.Fence, v.fence); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(st.Epoch, v.epoch); c != 0 {
+		return c
+	}
+	return cmp.Compare(st.Version, v.version)
 }
 
 func (r *Router) applyStateLocked(v *agentView, st events.AgentState) {
-	if st.Epoch < v.epoch || st.Epoch == v.epoch && st.Version < v.version {
+	if compareState(v, st) < 0 {
 		return
 	}
-	v.epoch, v.version = st.Epoch, st.Version
+	v.fence, v.epoch, v.version = st.Fence, st.Epoch, st.Version
 	v.ready = st.Presence == "ready"
 	v.idleSince = st.IdleSince.UnixNano()
 	v.used = [core.NumChannels]int32{}
@@ -730,7 +744,7 @@ func (r *Router) resync() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, av := range views {
-		if v, ok := r.agents[av.ID]; ok && av.State.Version >= v.version {
+		if v, ok := r.agents[av.ID]; ok && compareState(v, av.State) >= 0 {
 			r.applyStateLocked(v, av.State)
 		}
 	}
