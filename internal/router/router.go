@@ -136,7 +136,10 @@ type agentView struct {
 	fence   uint64
 	epoch   uint64
 	version uint64
-	skills  map[core.SkillName]int
+	// stated is set once an owner's state was applied: cap then holds the owner's
+	// capacities, which Reconfigure keeps over the configured ones.
+	stated bool
+	skills map[core.SkillName]int
 	// queues lists the queues this agent can serve and from which step.
 	queues []queueStep
 }
@@ -206,7 +209,7 @@ func New(p Params) (*Router, error) {
 	r := &Router{
 		reserver: p.Reserver, offerer: p.Offerer, owner: p.Owner, fair: p.Fairness, onTimeout: p.OnTimeout, log: p.Log, clock: p.Clock, logger: p.Logger,
 		maxWaiting: p.MaxWaiting, candidates: p.Candidates, tick: p.TickInterval,
-		queues: map[core.QueueID]*queue{}, agents: map[core.AgentID]*agentView{}, waiters: map[core.InteractionID]*waiter{},
+		waiters: map[core.InteractionID]*waiter{},
 	}
 	if r.logger == nil {
 		r.logger = slog.Default()
@@ -220,37 +223,67 @@ func New(p Params) (*Router, error) {
 	if r.tick <= 0 {
 		r.tick = 250 * time.Millisecond
 	}
-	agents := append([]config.Agent(nil), p.Agents...)
+	t, err := buildTopology(p.Queues, p.Agents)
+	if err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	r.queues, r.order, r.agents, r.byIndex = t.queues, t.order, t.agents, t.byIndex
+	return r, nil
+}
+
+// topology is what a configuration compiles to: the queues with their overflow
+// steps and eligible agents, and the agent views with the queues they serve. New
+// builds the first one; Reconfigure builds another and swaps it in. Every pointer
+// in it points into it.
+type topology struct {
+	queues  map[core.QueueID]*queue
+	order   []*queue // queues in config order
+	agents  map[core.AgentID]*agentView
+	byIndex []*agentView // sorted by ID; views share one array
+}
+
+// buildTopology compiles queues and agents, every agent unavailable and every
+// queue empty. It reads only its arguments: it needs no lock.
+func buildTopology(queues []config.Queue, agents []config.Agent) (*topology, error) {
+	t := &topology{queues: make(map[core.QueueID]*queue, len(queues)), agents: make(map[core.AgentID]*agentView, len(agents))}
+	agents = append([]config.Agent(nil), agents...)
 	sort.Slice(agents, func(i, j int) bool { return agents[i].ID < agents[j].ID })
 	// Views live in one array: rank walks ~100 of them per decision, and contiguous
 	// memory keeps that walk in cache.
 	views := make([]agentView, len(agents))
+	t.byIndex = make([]*agentView, 0, len(agents))
 	for i, a := range agents {
+		if i > 0 && agents[i-1].ID == a.ID {
+			return nil, fmt.Errorf("agent %s: duplicate id", a.ID)
+		}
 		v := &views[i]
 		*v = agentView{id: a.ID, index: i, skills: a.Skills}
 		for _, ch := range core.Channels {
 			v.cap[ch.Index()] = int32(a.CapacityFor(ch))
 		}
-		r.agents[a.ID] = v
-		r.byIndex = append(r.byIndex, v)
+		t.agents[a.ID] = v
+		t.byIndex = append(t.byIndex, v)
 	}
-	for _, qc := range p.Queues {
+	for _, qc := range queues {
+		if _, dup := t.queues[qc.ID]; dup {
+			return nil, fmt.Errorf("queue %s: duplicate id", qc.ID)
+		}
 		q := &queue{cfg: qc, rrLast: -1}
-		r.queues[qc.ID] = q
-		r.order = append(r.order, q)
+		t.queues[qc.ID] = q
+		t.order = append(t.order, q)
 	}
 	bySkill := map[core.SkillName][]*agentView{}
-	for _, v := range r.byIndex {
+	for _, v := range t.byIndex {
 		for s := range v.skills {
 			bySkill[s] = append(bySkill[s], v)
 		}
 	}
-	for _, q := range r.order {
-		if err := r.compile(q, bySkill); err != nil {
+	for _, q := range t.order {
+		if err := t.compile(q, bySkill); err != nil {
 			return nil, err
 		}
 	}
-	return r, nil
+	return t, nil
 }
 
 // eligibleBase reports whether the agent meets the queue's skills lowered by relax.
@@ -268,7 +301,7 @@ func eligibleBase(v *agentView, need map[core.SkillName]int, relax int) (bool, i
 
 // candidatesFor returns the agents that may meet need: those holding its rarest
 // skill, or everyone when need is empty.
-func (r *Router) candidatesFor(need map[core.SkillName]int, bySkill map[core.SkillName][]*agentView) []*agentView {
+func (t *topology) candidatesFor(need map[core.SkillName]int, bySkill map[core.SkillName][]*agentView) []*agentView {
 	var best []*agentView
 	found := false
 	for s := range need {
@@ -277,12 +310,14 @@ func (r *Router) candidatesFor(need map[core.SkillName]int, bySkill map[core.Ski
 		}
 	}
 	if !found {
-		return r.byIndex
+		return t.byIndex
 	}
 	return best
 }
 
-func (r *Router) compile(q *queue, bySkill map[core.SkillName][]*agentView) error {
+// compile builds q's steps (base criteria, then one per overflow step) and records
+// on each eligible agent the queue and the first step she is eligible at.
+func (t *topology) compile(q *queue, bySkill map[core.SkillName][]*agentView) error {
 	type crit struct {
 		after  time.Duration
 		relax  int
@@ -296,8 +331,8 @@ func (r *Router) compile(q *queue, bySkill map[core.SkillName][]*agentView) erro
 			relax = s.Relax
 		}
 		for _, id := range s.AddQueues {
-			if _, ok := r.queues[id]; !ok {
-				return fmt.Errorf("router: queue %s overflow[%d]: %w: %s", q.cfg.ID, i, ErrUnknownQueue, id)
+			if _, ok := t.queues[id]; !ok {
+				return fmt.Errorf("queue %s overflow[%d]: %w: %s", q.cfg.ID, i, ErrUnknownQueue, id)
 			}
 			added = append(added, id)
 		}
@@ -305,15 +340,15 @@ func (r *Router) compile(q *queue, bySkill map[core.SkillName][]*agentView) erro
 	}
 	for si, c := range crits {
 		st := step{after: c.after, relax: c.relax, queues: append([]core.QueueID{q.cfg.ID}, c.queues...)}
-		pool := r.byIndex
+		pool := t.byIndex
 		if len(c.queues) == 0 && c.relax == 0 {
-			pool = r.candidatesFor(q.cfg.Skills, bySkill)
+			pool = t.candidatesFor(q.cfg.Skills, bySkill)
 		}
 		for _, v := range pool {
 			ok, sum := eligibleBase(v, q.cfg.Skills, c.relax)
 			if !ok {
 				for _, other := range c.queues {
-					if ok2, _ := eligibleBase(v, r.queues[other].cfg.Skills, 0); ok2 {
+					if ok2, _ := eligibleBase(v, t.queues[other].cfg.Skills, 0); ok2 {
 						ok = true
 						_, sum = eligibleBase(v, q.cfg.Skills, 10)
 						break
@@ -631,6 +666,7 @@ func (r *Router) applyStateLocked(v *agentView, st events.AgentState) {
 		return
 	}
 	v.fence, v.epoch, v.version = st.Fence, st.Epoch, st.Version
+	v.stated = true
 	v.ready = st.Presence == "ready"
 	v.idleSince = st.IdleSince.UnixNano()
 	v.used = [core.NumChannels]int32{}
