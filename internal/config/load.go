@@ -32,35 +32,9 @@ func Load(path string) (*Config, error) {
 // empty input or one with several documents is an error. A validation failure
 // is returned as a *ValidationError.
 func Parse(data []byte) (*Config, error) {
-	// First pass: structure only, to reject empty input and extra documents.
-	var doc yaml.Node
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&doc); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, errors.New("empty configuration")
-		}
-		return nil, yamlError(err)
-	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		if err != nil {
-			return nil, yamlError(err)
-		}
-		return nil, fmt.Errorf("line %d: only one YAML document is allowed", extra.Line)
-	}
-	if len(doc.Content) != 1 || doc.Content[0].Kind != yaml.MappingNode {
-		if len(doc.Content) == 1 && doc.Content[0].ShortTag() == "!!null" {
-			return nil, errors.New("empty configuration")
-		}
-		return nil, fmt.Errorf("line %d: the configuration must be a mapping of keys (node, http, agents, queues, ...)", doc.Line)
-	}
-
-	// Second pass: strict decoding into the structs.
 	var c Config
-	dec = yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil {
-		return nil, yamlError(err)
+	if err := decodeStrict(data, &c, "node, http, agents, queues, ..."); err != nil {
+		return nil, err
 	}
 	ApplyDefaults(&c)
 	if err := c.Validate(); err != nil {
@@ -69,11 +43,46 @@ func Parse(data []byte) (*Config, error) {
 	return &c, nil
 }
 
+// decodeStrict decodes exactly one YAML mapping into out, unknown keys being
+// errors; keys names what the mapping may hold, for the error message.
+func decodeStrict(data []byte, out any, keys string) error {
+	// First pass: structure only, to reject empty input and extra documents.
+	var doc yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return errors.New("empty configuration")
+		}
+		return yamlError(err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		if err != nil {
+			return yamlError(err)
+		}
+		return fmt.Errorf("line %d: only one YAML document is allowed", extra.Line)
+	}
+	if len(doc.Content) != 1 || doc.Content[0].Kind != yaml.MappingNode {
+		if len(doc.Content) == 1 && doc.Content[0].ShortTag() == "!!null" {
+			return errors.New("empty configuration")
+		}
+		return fmt.Errorf("line %d: the configuration must be a mapping of keys (%s)", doc.Line, keys)
+	}
+	// Second pass: strict decoding into the structs.
+	dec = yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(out); err != nil {
+		return yamlError(err)
+	}
+	return nil
+}
+
 var unknownFieldRE = regexp.MustCompile(`^line (\d+): field (.+) not found in type config\.(\w+)$`)
 
 // sectionNames maps struct type names to where they sit in the file.
 var sectionNames = map[string]string{
 	"Config":        "the top level",
+	"Shared":        "the top level (agents, queues)",
 	"NodeConfig":    "node",
 	"HTTPConfig":    "http",
 	"RoutingConfig": "routing",
