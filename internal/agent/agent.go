@@ -16,6 +16,12 @@
 // *DenyError. Accept, Reject, Release and Complete need the token; tokens of another
 // epoch are refused. A lease not accepted within its TTL expires: the slot returns
 // and, under the missed-offer policy, the agent goes not_ready("missed offer").
+//
+// Ownership and configuration change at run time. Adopt makes the Manager the
+// owner of an agent under a cluster directory fence, carried by every state it
+// emits for her, so that views order the states of an agent that moved by
+// (fence, epoch, version); Detach lets an agent without leases go; Reconfigure
+// applies a new set of owned agents (added, updated, removed).
 package agent
 
 import (
@@ -84,6 +90,9 @@ var (
 	ErrWrongLeaseState = errors.New("operation not allowed in the lease's state")
 	// ErrHasWork: the agent cannot log out while holding offers or interactions.
 	ErrHasWork = errors.New("agent has interactions in progress")
+	// ErrAgentBusy: the agent cannot leave this owner (Detach) while she holds
+	// a lease (offered, busy or wrap-up on any channel).
+	ErrAgentBusy = errors.New("agent holds a reservation")
 	// ErrLoggedOut: the agent must log in first.
 	ErrLoggedOut = errors.New("agent is logged out")
 	// ErrBadToken: the token string is malformed.

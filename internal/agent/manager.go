@@ -68,6 +68,9 @@ type agentState struct {
 	wrap      [core.NumChannels]int
 	idleSince time.Time
 	version   uint64
+	// fence is the cluster directory revision under which this node holds the
+	// agent (0: the configured owner, never moved); every state carries it.
+	fence uint64
 }
 
 type remembered struct {
@@ -125,6 +128,11 @@ type Manager struct {
 	reqOrder  []*remembered // FIFO for expiry of requests; reqOrder[reqHead:] are live
 	reqHead   int
 	observer  Observer
+	// retiredVersion is the highest state version of any agent that stopped
+	// being owned here (detached or removed). An agent owned again starts from
+	// it, so her versions keep growing under the same fence and epoch and views
+	// that still hold her old state accept the new one.
+	retiredVersion uint64
 }
 
 // NewManager returns a Manager owning p.Agents, all logged out.
@@ -143,15 +151,33 @@ func NewManager(p Params) *Manager {
 	if m.logger == nil {
 		m.logger = slog.Default()
 	}
-	now := p.Clock.Now()
 	for _, a := range p.Agents {
-		st := &agentState{cfg: a, leases: map[core.LeaseID]*lease{}, idleSince: now}
-		for _, ch := range core.Channels {
-			st.capacity[ch.Index()] = a.CapacityFor(ch)
-		}
-		m.agents[a.ID] = st
+		m.agents[a.ID] = m.newAgentLocked(a, 0)
 	}
 	return m
+}
+
+// newAgentLocked returns the state of a newly owned agent: logged out, idle
+// from now, versions continuing after any agent that left.
+func (m *Manager) newAgentLocked(a config.Agent, fence uint64) *agentState {
+	st := &agentState{leases: map[core.LeaseID]*lease{}, idleSince: m.clock.Now(), fence: fence, version: m.retiredVersion}
+	st.configure(a)
+	return st
+}
+
+// configure applies an agent's configuration and reports whether her
+// capacity changed. Leases already granted are kept even above the new
+// capacity; it bounds new reservations only.
+func (a *agentState) configure(c config.Agent) (capacityChanged bool) {
+	a.cfg = c
+	for _, ch := range core.Channels {
+		i := ch.Index()
+		if n := c.CapacityFor(ch); n != a.capacity[i] {
+			a.capacity[i] = n
+			capacityChanged = true
+		}
+	}
+	return capacityChanged
 }
 
 // SetObserver installs the observer of unrequested lease ends. Call before use.
@@ -221,20 +247,30 @@ func (m *Manager) Logout(id core.AgentID, force bool) error {
 		m.mu.Unlock()
 		return fmt.Errorf("agent: logout %s (%d open): %w", id, n, ErrHasWork)
 	}
-	var ends []LeaseEnd
-	for _, l := range a.leases {
-		ends = append(ends, LeaseEnd{Token: m.token(a, l), Interaction: l.interaction, Outcome: OutcomeRevoked, Holder: l.holder})
-		if err := m.endLeaseLocked(a, l, string(OutcomeRevoked)); err != nil {
-			m.mu.Unlock()
-			return err
-		}
+	ends, err := m.revokeAllLocked(a)
+	if err != nil {
+		m.mu.Unlock()
+		return err
 	}
 	a.presence, a.reason = presLoggedOut, ""
-	err := m.emitStateLocked(a, "logout")
+	err = m.emitStateLocked(a, "logout")
 	obs := m.observer
 	m.mu.Unlock()
 	m.notify(obs, ends)
 	return err
+}
+
+// revokeAllLocked ends every lease of a as revoked and returns the ends to
+// report to the Observer once the lock is released.
+func (m *Manager) revokeAllLocked(a *agentState) ([]LeaseEnd, error) {
+	var ends []LeaseEnd
+	for _, l := range a.leases {
+		ends = append(ends, LeaseEnd{Token: m.token(a, l), Interaction: l.interaction, Outcome: OutcomeRevoked, Holder: l.holder})
+		if err := m.endLeaseLocked(a, l, string(OutcomeRevoked)); err != nil {
+			return ends, err
+		}
+	}
+	return ends, nil
 }
 
 // RevokeHolder ends every lease held by node (a cluster member that restarted:
@@ -392,7 +428,9 @@ func (m *Manager) CancelRequest(id core.RequestID) error {
 	if tok.IsZero() {
 		return nil // it was denied: nothing to give back
 	}
-	if err := m.Release(tok); err != nil && !errors.Is(err, ErrLeaseEnded) {
+	// A lease already ended, or its agent no longer owned here (detached or
+	// removed, which ended her leases): nothing to give back either.
+	if err := m.Release(tok); err != nil && !errors.Is(err, ErrLeaseEnded) && !errors.Is(err, ErrUnknownAgent) {
 		return err
 	}
 	return nil
@@ -549,13 +587,14 @@ func (m *Manager) endOffer(tok Token, outcome string, penalise bool) error {
 	return m.emitStateLocked(a, cause)
 }
 
-// expire runs on the lease timer.
+// expire runs on the lease timer. The agent may have been detached or removed
+// meanwhile (lookupLocked then fails): nothing to do.
 func (m *Manager) expire(tok Token) {
 	m.mu.Lock()
 	a, l, err := m.lookupLocked(tok, "expire")
 	if err != nil || l.state != leaseOffered {
 		m.mu.Unlock()
-		return // accepted or ended meanwhile
+		return // accepted or ended meanwhile, or the agent is no longer owned here
 	}
 	if err := m.endLeaseLocked(a, l, string(OutcomeExpired)); err != nil {
 		m.mu.Unlock()
@@ -576,13 +615,14 @@ func (m *Manager) expire(tok Token) {
 	m.notify(obs, []LeaseEnd{{Token: tok, Interaction: ix, Outcome: OutcomeExpired, Holder: holder}})
 }
 
-// wrapUpDone runs on the wrap-up timer.
+// wrapUpDone runs on the wrap-up timer. The agent may have been removed
+// meanwhile (lookupLocked then fails): nothing to do.
 func (m *Manager) wrapUpDone(tok Token) {
 	m.mu.Lock()
 	a, l, err := m.lookupLocked(tok, "wrap-up end")
 	if err != nil || l.state != leaseWrapUp {
 		m.mu.Unlock()
-		return // ended early meanwhile
+		return // ended early meanwhile, or the agent is no longer owned here
 	}
 	if err := m.endLeaseLocked(a, l, string(OutcomeWrapUpEnded)); err == nil {
 		err = m.emitStateLocked(a, "wrap_up_ended")
@@ -690,6 +730,7 @@ func (a *agentState) snapshot(epoch uint64) events.AgentState {
 		Presence:  a.presence.String(),
 		Version:   a.version,
 		Epoch:     epoch,
+		Fence:     a.fence,
 		IdleSince: a.idleSince.UTC(),
 		Load:      make([]events.ChannelLoad, 0, core.NumChannels),
 	}
@@ -698,7 +739,9 @@ func (a *agentState) snapshot(epoch uint64) events.AgentState {
 	}
 	for _, ch := range core.Channels {
 		i := ch.Index()
-		if a.capacity[i] == 0 {
+		// A disabled channel is left out, unless a reconfiguration disabled it
+		// under leases still open there.
+		if a.capacity[i] == 0 && a.offered[i]+a.busy[i]+a.wrap[i] == 0 {
 			continue
 		}
 		st.Load = append(st.Load, events.ChannelLoad{

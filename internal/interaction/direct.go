@@ -31,18 +31,23 @@ func (t Target) String() string {
 }
 
 // wrapUpLocked is the wrap-up an agent gets after ix: its queue's, none for a
-// queue-less (direct) interaction.
+// queue-less (direct) interaction, the default one when its queue has been
+// removed since.
 func (s *Service) wrapUpLocked(ix *live) time.Duration {
 	if ix.Queue == "" {
 		return 0
 	}
-	qi := s.queues[ix.Queue]
+	qi, ok := s.queues[ix.Queue]
+	if !ok {
+		return config.DefaultWrapUp.D()
+	}
 	return qi.cfg.WrapUpTime()
 }
 
-// offerTimeout is how long a direct offer of ix may ring.
+// offerTimeout is how long a direct offer of an interaction of queue q (""
+// for none, or one since removed: the default) may ring. Call without s.mu.
 func (s *Service) offerTimeout(q core.QueueID) time.Duration {
-	if qi, ok := s.queues[q]; ok && qi.cfg.OfferTimeout != 0 {
+	if qi, ok := s.queueMap()[q]; ok && qi.cfg.OfferTimeout != 0 {
 		return qi.cfg.OfferTimeout.D()
 	}
 	return config.DefaultOfferTimeout.D()
@@ -118,10 +123,11 @@ func (s *Service) Transfer(id core.InteractionID, by core.AgentID, t Target) (ui
 	var qi queueInfo
 	var g agent.Grant
 	if t.Queue != "" {
-		if _, ok := s.queues[t.Queue]; !ok {
+		qs := s.queueMap()
+		if _, ok := qs[t.Queue]; !ok {
 			return 0, fmt.Errorf("interaction: transfer %s to %s: %w", id, t.Queue, ErrUnknownQueue)
 		}
-		if t.Queue, qi, err = s.openQueue(t.Queue, s.clock.Now()); err != nil {
+		if t.Queue, qi, err = openQueue(qs, t.Queue, s.clock.Now()); err != nil {
 			return 0, fmt.Errorf("interaction: transfer %s: %w", id, err)
 		}
 	} else {

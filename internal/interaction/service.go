@@ -96,15 +96,18 @@ type Service struct {
 	log    *events.Log
 	clock  clock.Clock
 	logger *slog.Logger
-	queues map[core.QueueID]queueInfo
 	agents Agents
 	router Queues
 	// deliverers by channel; set before start, read-only after.
 	deliverers map[core.Channel]Deliverer
 
-	// mu guards live, dead, draining and idle.
-	mu   sync.Mutex
-	live map[core.InteractionID]*live
+	// mu guards queues, live, dead, keys, draining and idle.
+	mu sync.Mutex
+	// queues are the configured queues. Reconfigure replaces the map as a whole
+	// and never changes it in place: a map read under mu (queueMap) may be read
+	// afterwards without it. Live interactions may name a queue no longer in it.
+	queues map[core.QueueID]queueInfo
+	live   map[core.InteractionID]*live
 	// dead holds leases that ended before their offer reached the Service (an
 	// expiry racing the router's Offer); Offer refuses them. Entries leave with
 	// their interaction.
@@ -117,18 +120,37 @@ type Service struct {
 
 // NewService returns a Service; call Wire before use.
 func NewService(p Params) (*Service, error) {
-	s := &Service{log: p.Log, clock: p.Clock, logger: p.Logger, queues: map[core.QueueID]queueInfo{}, live: map[core.InteractionID]*live{}, dead: map[core.InteractionID]agent.Token{}, keys: map[string]core.InteractionID{}}
+	s := &Service{log: p.Log, clock: p.Clock, logger: p.Logger, live: map[core.InteractionID]*live{}, dead: map[core.InteractionID]agent.Token{}, keys: map[string]core.InteractionID{}}
 	if s.logger == nil {
 		s.logger = slog.Default()
 	}
-	for _, q := range p.Queues {
+	qs, err := compileQueues(p.Queues)
+	if err != nil {
+		return nil, fmt.Errorf("interaction: %w", err)
+	}
+	s.queues = qs
+	return s, nil
+}
+
+// compileQueues compiles the business hours of every queue.
+func compileQueues(queues []config.Queue) (map[core.QueueID]queueInfo, error) {
+	qs := make(map[core.QueueID]queueInfo, len(queues))
+	for _, q := range queues {
 		h, err := config.CompileHours(q.BusinessHours)
 		if err != nil {
-			return nil, fmt.Errorf("interaction: queue %s: %w", q.ID, err)
+			return nil, fmt.Errorf("queue %s: %w", q.ID, err)
 		}
-		s.queues[q.ID] = queueInfo{cfg: q, hours: h}
+		qs[q.ID] = queueInfo{cfg: q, hours: h}
 	}
-	return s, nil
+	return qs, nil
+}
+
+// queueMap returns the configured queues. The map is never changed in place:
+// read it without the lock.
+func (s *Service) queueMap() map[core.QueueID]queueInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.queues
 }
 
 // Wire connects the Service to the agents' owner and the router (they depend on each other).
@@ -162,7 +184,8 @@ type CreateRequest struct {
 // Create makes an interaction, persists it and queues it. It returns the
 // interaction (perhaps already offered) and the event seq to wait on for durability.
 func (s *Service) Create(req CreateRequest) (events.Interaction, uint64, error) {
-	qi, ok := s.queues[req.Queue]
+	qs := s.queueMap()
+	qi, ok := qs[req.Queue]
 	if !ok {
 		return events.Interaction{}, 0, fmt.Errorf("interaction: create in %q: %w", req.Queue, ErrUnknownQueue)
 	}
@@ -170,7 +193,7 @@ func (s *Service) Create(req CreateRequest) (events.Interaction, uint64, error) 
 		return events.Interaction{}, 0, fmt.Errorf("interaction: create: %w: unknown channel %q", ErrBadRequest, req.Channel)
 	}
 	now := s.clock.Now()
-	if q, t, err := s.openQueue(req.Queue, now); err != nil {
+	if q, t, err := openQueue(qs, req.Queue, now); err != nil {
 		return events.Interaction{}, 0, fmt.Errorf("interaction: create: %w", err)
 	} else if q != req.Queue {
 		// The queue's closed target takes it; the history says where it was meant to go.
@@ -252,14 +275,18 @@ func (s *Service) Create(req CreateRequest) (events.Interaction, uint64, error) 
 	return snap, s.log.LastSeq(), nil
 }
 
-// openQueue returns the queue that takes a new arrival for q at now: q when it is
-// open, else its closed target when that one is open; else ErrQueueClosed.
-func (s *Service) openQueue(q core.QueueID, now time.Time) (core.QueueID, queueInfo, error) {
-	qi := s.queues[q]
+// openQueue returns the queue of qs that takes a new arrival for q at now: q when
+// it is open, else its closed target when that one is configured and open; else
+// ErrQueueClosed (ErrUnknownQueue when q is not configured).
+func openQueue(qs map[core.QueueID]queueInfo, q core.QueueID, now time.Time) (core.QueueID, queueInfo, error) {
+	qi, ok := qs[q]
+	if !ok {
+		return "", queueInfo{}, fmt.Errorf("%s: %w", q, ErrUnknownQueue)
+	}
 	if qi.hours.IsOpen(now) {
 		return q, qi, nil
 	}
-	if t, ok := s.queues[qi.cfg.ClosedTarget]; ok && t.hours.IsOpen(now) {
+	if t, ok := qs[qi.cfg.ClosedTarget]; ok && t.hours.IsOpen(now) {
 		return qi.cfg.ClosedTarget, t, nil
 	}
 	return "", queueInfo{}, fmt.Errorf("%s: %w", q, ErrQueueClosed)
@@ -526,9 +553,15 @@ func (s *Service) requeue(id core.InteractionID, tok agent.Token, reason string)
 		return 0, fmt.Errorf("interaction: requeue %s in %s: %w", id, ix.State, ErrWrongState)
 	}
 	ch := ix.Channel
-	if ix.Queue == "" {
-		// A direct offer has no queue to go back to: it ends.
-		seq, err := s.moveLocked(ix, StateFailed, "direct offer not taken: "+reason)
+	_, configured := s.queues[ix.Queue]
+	if ix.Queue == "" || !configured {
+		// A direct offer has no queue to go back to, nor does an offer whose
+		// queue was removed from the configuration meanwhile: it ends.
+		why := "direct offer not taken: " + reason
+		if ix.Queue != "" {
+			why = ReasonQueueRemoved + ": offer not taken: " + reason
+		}
+		seq, err := s.moveLocked(ix, StateFailed, why)
 		s.mu.Unlock()
 		if d := s.deliverers[ch]; d != nil {
 			go d.Withdraw(id, tok)
@@ -719,6 +752,7 @@ func (s *Service) Drain(ctx context.Context) error {
 // (its caller's session died with the previous run) and is failed; connected ones
 // are failed, their agent's session having died too.
 func (s *Service) Recover(open []events.Interaction) error {
+	qs := s.queueMap()
 	for _, old := range open {
 		ix := &live{Interaction: old}
 		if old.Channel == core.ChannelVoice || old.Channel == core.ChannelChat {
@@ -738,7 +772,7 @@ func (s *Service) Recover(open []events.Interaction) error {
 		switch State(old.State) {
 		case StateCreated, StateQueued, StateOffered:
 			ix.Agent = ""
-			if _, ok := s.queues[old.Queue]; !ok {
+			if _, ok := qs[old.Queue]; !ok {
 				ix.State = string(StateCreated)
 				s.mu.Lock()
 				s.live[ix.ID] = ix
