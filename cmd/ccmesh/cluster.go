@@ -62,7 +62,8 @@ func cluster(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "node %s is not in a cluster\n", st.Node)
 		return 0
 	}
-	fmt.Fprintf(stdout, "cluster %s, seen from %s; NATS connected=%v embedded=%v route connections=%d\n", st.Name, st.Node, st.NATS.Connected, st.NATS.Embedded, st.NATS.Routes)
+	fmt.Fprintf(stdout, "cluster %s, seen from %s; NATS connected=%v embedded=%v route connections=%d; directory in sync=%v, agents moved=%d\n",
+		st.Name, st.Node, st.NATS.Connected, st.NATS.Embedded, st.NATS.Routes, st.Directory.InSync, st.Directory.Moved)
 	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "MEMBER\tHEALTH\tLAST SEEN\tAGENTS OWNED\tFEED SEQ\t")
 	for _, m := range st.Members {

@@ -58,7 +58,10 @@ func (m *Mesh) publishFeed(ctx context.Context, after uint64) error {
 			if ev.Type != events.TypeAgentState {
 				continue
 			}
-			if st, ok := ev.Data.(events.AgentState); ok && m.owners[ev.Agent] == m.p.Node {
+			// Every agent state in this log is this node's word as an owner (also
+			// the last one of an agent that moved away): followers weigh it by the
+			// directory and the state's fence.
+			if st, ok := ev.Data.(events.AgentState); ok {
 				msg.States = append(msg.States, agentState{Agent: ev.Agent, State: st})
 			}
 		}
@@ -107,15 +110,18 @@ func (m *Mesh) onFeed(msg *nats.Msg) {
 }
 
 // apply records states of agents owned by node and hands them to the view.
-// Older states (by owner epoch, then version) are ignored.
+// Only the owner speaks for an agent — or a node whose state carries a later
+// directory fence than this node has seen (the agent moved there and this
+// node's directory has not caught up yet). Older states (by fence, owner
+// epoch, then version) are ignored.
 func (m *Mesh) apply(node core.NodeID, states []agentState) {
 	for _, s := range states {
-		if m.owners[s.Agent] != node {
-			continue // only the owner speaks for an agent
+		if o := m.dir.get(s.Agent); o.Node != node && s.State.Fence <= o.Fence {
+			continue
 		}
 		m.mu.Lock()
 		old, seen := m.remote[s.Agent]
-		newer := !seen || s.State.Epoch > old.Epoch || s.State.Epoch == old.Epoch && s.State.Version > old.Version
+		newer := !seen || laterState(s.State, old)
 		if newer {
 			m.remote[s.Agent] = s.State
 		}
@@ -124,6 +130,17 @@ func (m *Mesh) apply(node core.NodeID, states []agentState) {
 			m.view.ApplyAgentState(s.Agent, s.State)
 		}
 	}
+}
+
+// laterState orders two states of an agent by (fence, owner epoch, version).
+func laterState(a, b events.AgentState) bool {
+	if a.Fence != b.Fence {
+		return a.Fence > b.Fence
+	}
+	if a.Epoch != b.Epoch {
+		return a.Epoch > b.Epoch
+	}
+	return a.Version > b.Version
 }
 
 // resync fetches a snapshot of node's agents (on join, after a gap, after the

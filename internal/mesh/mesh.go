@@ -17,6 +17,7 @@ package mesh
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -24,6 +25,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -53,6 +55,12 @@ type Params struct {
 	// Agents are all the cluster's agents; Local owns this node's share of them.
 	Agents []config.Agent
 	Local  *agent.Manager
+	// OnSharedConfig receives every revision of the replicated configuration
+	// (optional); it validates and applies it or logs why not.
+	OnSharedConfig func(revision uint64, data []byte)
+	// DataDir keeps the last-known directory (agents that moved), so the node
+	// starts with the right agents even when alone.
+	DataDir string
 	// Log is this node's event log: the feed publishes its agent states.
 	Log *events.Log
 	// Contacts lists the SIP contacts registered at this node for an agent
@@ -69,7 +77,8 @@ type Params struct {
 type Mesh struct {
 	p       Params
 	prefix  string
-	owners  map[core.AgentID]core.NodeID
+	dir     *directory
+	shared  sharedConfig
 	timeout time.Duration
 	srv     *server.Server // nil with an external NATS
 	nc      *nats.Conn
@@ -109,13 +118,20 @@ func New(p Params) (*Mesh, error) {
 	if p.Logger == nil {
 		p.Logger = slog.Default()
 	}
-	m := &Mesh{p: p, prefix: "ccm." + p.Config.Name + ".", owners: Owners(p.Config.Members, p.Agents),
+	m := &Mesh{p: p, prefix: "ccm." + p.Config.Name + ".", dir: newDirectory(p.Config.Members, p.Agents, p.DataDir),
 		timeout: p.Config.RequestTimeout.D(), logger: p.Logger,
 		remote: map[core.AgentID]events.AgentState{}, feedGen: map[core.NodeID]uint64{}, feedSeq: map[core.NodeID]uint64{}, resyncing: map[core.NodeID]bool{},
 		heads: map[core.NodeID]remoteHeads{}, seen: map[core.NodeID]time.Time{}, downUntil: map[core.NodeID]time.Time{}, boots: map[core.NodeID]uint64{}, boot: uint64(time.Now().UnixNano())}
 	if m.timeout <= 0 {
 		m.timeout = config.DefaultRequestTimeout.D()
 	}
+	// Agents that moved before the last stop are where the cached directory
+	// says, until the replicated one is read.
+	configured := *m.dir.owners.Load()
+	if err := m.dir.load(); err != nil {
+		return nil, err
+	}
+	m.reconcile(configured, *m.dir.owners.Load())
 	opts := []nats.Option{nats.Name(string(p.Node)), nats.MaxReconnects(-1), nats.ReconnectWait(100 * time.Millisecond)}
 	url := p.Config.NATSURL
 	if url != "" {
@@ -127,12 +143,15 @@ func New(p Params) (*Mesh, error) {
 		}
 	}
 	if url == "" {
-		srv, err := startServer(p.Config, p.Node, p.Logger)
+		srv, user, password, err := startServer(p.Config, p.Node, p.DataDir, p.Logger)
 		if err != nil {
 			return nil, err
 		}
 		m.srv = srv
 		opts = append(opts, nats.InProcessServer(srv))
+		if user != "" {
+			opts = append(opts, nats.UserInfo(user, password))
+		}
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
@@ -144,64 +163,93 @@ func New(p Params) (*Mesh, error) {
 }
 
 // startServer runs the embedded NATS server: clients on cfg.Listen, routes on
-// cfg.RoutesListen to cfg.Peers. Port 0 picks a free port.
-func startServer(cfg config.ClusterConfig, node core.NodeID, logger *slog.Logger) (*server.Server, error) {
-	host, port, dontListen := "127.0.0.1", server.RANDOM_PORT, cfg.Listen == ""
-	if !dontListen {
-		var err error
+// cfg.RoutesListen to cfg.Peers, JetStream (the replicated directory and
+// configuration) stored under dataDir/nats. Port 0 picks a free port.
+//
+// Without cfg.Listen the client port is still opened (the server starts its
+// routes only once a client listener is up: DontListen leaves them down), on
+// a random loopback port closed to anyone without this run's random
+// credentials, which it returns for the node's own connection.
+func startServer(cfg config.ClusterConfig, node core.NodeID, dataDir string, logger *slog.Logger) (srv *server.Server, user, password string, err error) {
+	if dataDir == "" {
+		return nil, "", "", errors.New("mesh: no data directory for JetStream")
+	}
+	host, port, private := "127.0.0.1", server.RANDOM_PORT, cfg.Listen == ""
+	if private {
+		user, password = "ccmesh-node", rand.Text()
+	} else {
 		if host, port, err = hostPort(cfg.Listen); err != nil {
-			return nil, fmt.Errorf("mesh: cluster.listen: %w", err)
+			return nil, "", "", fmt.Errorf("mesh: cluster.listen: %w", err)
 		}
 	}
 	rhost, rport, err := hostPort(cfg.RoutesListen)
 	if err != nil {
-		return nil, fmt.Errorf("mesh: cluster.routes_listen: %w", err)
+		return nil, "", "", fmt.Errorf("mesh: cluster.routes_listen: %w", err)
 	}
 	var routes []*url.URL
 	for _, r := range cfg.Peers {
 		u, err := url.Parse(r)
 		if err != nil {
-			return nil, fmt.Errorf("mesh: cluster.peers: %w", err)
+			return nil, "", "", fmt.Errorf("mesh: cluster.peers: %w", err)
 		}
 		if cfg.RouteUser != "" && u.User == nil {
 			u.User = url.UserPassword(cfg.RouteUser, cfg.RoutePassword)
 		}
 		routes = append(routes, u)
 	}
+	if len(routes) == 0 {
+		// JetStream in a cluster needs a route configured: the first member of
+		// a cluster (no peers yet) routes to itself, which the server ignores.
+		if rport == server.RANDOM_PORT {
+			if rport, err = freePort(rhost); err != nil {
+				return nil, "", "", fmt.Errorf("mesh: cluster.routes_listen: %w", err)
+			}
+		}
+		u := &url.URL{Scheme: "nats-route", Host: net.JoinHostPort(rhost, strconv.Itoa(rport))}
+		if cfg.RouteUser != "" {
+			u.User = url.UserPassword(cfg.RouteUser, cfg.RoutePassword)
+		}
+		routes = append(routes, u)
+	}
 	opts := &server.Options{
-		ServerName: string(node), Host: host, Port: port, DontListen: dontListen, NoSigs: true, NoLog: true,
+		ServerName: string(node), Host: host, Port: port, Username: user, Password: password, NoSigs: true,
 		// Route pings every 2 s, two missed: a silent peer's subscriptions go within
 		// ~6 s, so requests to it fail at once (no responders) rather than waiting
 		// out the request timeout (the default interval is far longer).
 		Cluster: server.ClusterOpts{Name: cfg.Name, Host: rhost, Port: rport, ConnectRetries: -1,
 			Username: cfg.RouteUser, Password: cfg.RoutePassword, PingInterval: 2 * time.Second, MaxPingsOut: 2},
-		Routes: routes,
+		Routes:    routes,
+		JetStream: true, StoreDir: filepath.Join(dataDir, "nats"),
+		// A small cap: the buckets hold one entry per moved agent and a few
+		// configuration revisions.
+		JetStreamMaxMemory: 64 << 20, JetStreamMaxStore: 1 << 30,
 	}
 	if t := cfg.TLS; t.Enabled() {
 		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: t.Cert, KeyFile: t.Key, CaFile: t.CA, Verify: true})
 		if err != nil {
-			return nil, fmt.Errorf("mesh: cluster.tls: %w", err)
+			return nil, "", "", fmt.Errorf("mesh: cluster.tls: %w", err)
 		}
 		// Members are both TLS clients and servers of each other's routes: verify
 		// both ways against the same CA (as nats-server does for cluster blocks).
 		tc.RootCAs, tc.ClientAuth = tc.ClientCAs, tls.RequireAndVerifyClientCert
 		opts.Cluster.TLSConfig, opts.Cluster.TLSTimeout = tc, 2
 	}
-	srv, err := server.NewServer(opts)
+	srv, err = server.NewServer(opts)
 	if err != nil {
-		return nil, fmt.Errorf("mesh: NATS server: %w", err)
+		return nil, "", "", fmt.Errorf("mesh: NATS server: %w", err)
 	}
+	srv.SetLogger(natsLogger{logger.With("component", "nats")}, false, false)
 	go srv.Start()
 	if !srv.ReadyForConnections(10 * time.Second) {
 		srv.Shutdown()
-		return nil, errors.New("mesh: the embedded NATS server did not start within 10 s")
+		return nil, "", "", errors.New("mesh: the embedded NATS server did not start within 10 s")
 	}
-	clients := "in-process only"
-	if !dontListen {
-		clients = srv.ClientURL()
+	clients := srv.ClientURL()
+	if private {
+		clients = "private"
 	}
 	logger.Info("mesh: NATS server up", "clients", clients, "routes", srv.ClusterAddr().String())
-	return srv, nil
+	return srv, user, password, nil
 }
 
 func hostPort(addr string) (string, int, error) {
@@ -217,6 +265,17 @@ func hostPort(addr string) (string, int, error) {
 		n = server.RANDOM_PORT
 	}
 	return h, n, nil
+}
+
+// freePort picks a free TCP port on host (for a route listener that must know
+// its own port before it starts).
+func freePort(host string) (int, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // RoutesAddr is the embedded server's route listener ("" with an external NATS).
@@ -265,7 +324,7 @@ func mix(x uint64) uint64 {
 }
 
 // Owner returns the node owning agent id ("" for an unknown agent).
-func (m *Mesh) Owner(id core.AgentID) core.NodeID { return m.owners[id] }
+func (m *Mesh) Owner(id core.AgentID) core.NodeID { return m.dir.get(id).Node }
 
 // Owned lists the agents of cfg owned by node (for its agent.Manager).
 func Owned(members []core.NodeID, node core.NodeID, agents []config.Agent) []config.Agent {
@@ -300,6 +359,8 @@ func (m *Mesh) Run(ctx context.Context, after uint64) error {
 	if src, ok := m.view.(HeadsSource); ok {
 		go m.publishHeads(ctx, src)
 	}
+	go m.runDirectory(ctx)
+	go m.runSharedConfig(ctx)
 	err := m.publishFeed(ctx, after)
 	for _, s := range m.subs {
 		_ = s.Unsubscribe()

@@ -72,7 +72,7 @@ func startClusterWith(t testing.TB, agents []config.Agent, queues []config.Queue
 		if n.ix, err = interaction.NewService(interaction.Params{Queues: queues, Log: n.log, Clock: clock.Real{}, Logger: logger}); err != nil {
 			t.Fatal(err)
 		}
-		if n.mesh, err = New(Params{Config: cfg, Node: id, Agents: agents, Local: n.agents, Log: n.log, Logger: logger}); err != nil {
+		if n.mesh, err = New(Params{Config: cfg, Node: id, Agents: agents, Local: n.agents, Log: n.log, Logger: logger, DataDir: t.TempDir()}); err != nil {
 			t.Fatal(err)
 		}
 		if n.router, err = router.New(router.Params{Queues: queues, Agents: agents, Reserver: n.mesh, Offerer: n.ix, Owner: n.mesh, Fairness: n.mesh,

@@ -24,6 +24,7 @@ const (
 	opContacts = "contacts"
 	opRegs     = "registrations"
 	opCancel   = "cancel"
+	opHandoff  = "handoff"
 )
 
 // request is a message to an agent's owner.
@@ -39,6 +40,8 @@ type request struct {
 	// accept, reject, release, complete
 	Token        string `json:"token,omitempty"`
 	WrapUpMillis int64  `json:"wrap_up_ms,omitempty"`
+	// handoff: the directory revision the claimer read
+	Fence uint64 `json:"fence,omitempty"`
 }
 
 // reply is the owner's answer. Err carries a code that maps back to the agent
@@ -71,6 +74,7 @@ var errCodes = map[string]error{
 	"wrong_state":   agent.ErrWrongLeaseState,
 	"logged_out":    agent.ErrLoggedOut,
 	"bad_token":     agent.ErrBadToken,
+	"agent_busy":    agent.ErrAgentBusy,
 }
 
 func encodeErr(err error) reply {
@@ -138,7 +142,7 @@ const downFor = time.Second
 // Reserve asks the agent's owner for a reservation (router.Reserver): a local
 // call when this node owns the agent, a request otherwise.
 func (m *Mesh) Reserve(req agent.ReserveRequest) (agent.Grant, error) {
-	owner := m.owners[req.Agent]
+	owner := m.dir.get(req.Agent).Node
 	if owner == m.p.Node {
 		return m.p.Local.Reserve(req)
 	}
@@ -170,7 +174,7 @@ func (m *Mesh) Reserve(req agent.ReserveRequest) (agent.Grant, error) {
 
 // tokenOp runs accept, reject, release or complete at the token's owner.
 func (m *Mesh) tokenOp(op string, tok agent.Token, wrapUp time.Duration, local func() error) error {
-	owner := m.owners[tok.Agent]
+	owner := m.dir.get(tok.Agent).Node
 	if owner == m.p.Node {
 		return local()
 	}
@@ -272,6 +276,12 @@ func (m *Mesh) handle(req request) reply {
 		}
 		return reply{}
 	}
+	if req.Op == opHandoff {
+		if err := m.handOff(req.Agent, req.From, req.Fence); err != nil {
+			return encodeErr(err)
+		}
+		return reply{}
+	}
 	if req.Op == opContacts {
 		if m.p.Contacts == nil {
 			return reply{}
@@ -318,7 +328,7 @@ func (m *Mesh) Contacts(id core.AgentID) []string {
 	if m.p.Contacts != nil {
 		local = m.p.Contacts(id)
 	}
-	owner := m.owners[id]
+	owner := m.dir.get(id).Node
 	if len(local) > 0 || owner == m.p.Node || owner == "" {
 		return local
 	}

@@ -15,6 +15,17 @@ type Status struct {
 	Members []MemberState `json:"members,omitempty"`
 	// NATS is the connection to the cluster's NATS.
 	NATS NATSState `json:"nats"`
+	// Directory is the replicated directory of agents that moved.
+	Directory DirectoryState `json:"directory"`
+}
+
+// DirectoryState describes this node's copy of the replicated directory.
+type DirectoryState struct {
+	// InSync is true once the replicated directory has been read (moves are
+	// possible only then); before, the cached copy of the last run applies.
+	InSync bool `json:"in_sync"`
+	// Moved is how many agents are owned elsewhere than configured.
+	Moved int `json:"moved"`
 }
 
 // MemberState is one member as this node sees it.
@@ -48,8 +59,8 @@ type NATSState struct {
 func (m *Mesh) Status() Status {
 	st := Status{Enabled: true, Name: m.p.Config.Name, Node: m.p.Node}
 	owned := map[core.NodeID]int{}
-	for _, n := range m.owners {
-		owned[n]++
+	for _, o := range *m.dir.owners.Load() {
+		owned[o.Node]++
 	}
 	now := time.Now()
 	m.mu.Lock()
@@ -76,6 +87,7 @@ func (m *Mesh) Status() Status {
 		}
 		return 0
 	})
+	st.Directory = DirectoryState{InSync: m.DirectoryInSync(), Moved: m.movedCount()}
 	st.NATS.Connected = m.nc != nil && m.nc.IsConnected()
 	if m.srv != nil {
 		st.NATS.Embedded, st.NATS.Routes, st.NATS.ClientURL, st.NATS.RoutesURL = true, m.srv.NumRoutes(), m.srv.ClientURL(), m.RoutesAddr()

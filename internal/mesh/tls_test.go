@@ -78,7 +78,7 @@ func TestRouteWithWrongPasswordIsRefused(t *testing.T) {
 		log := events.NewLog(0, 1024, false)
 		t.Cleanup(log.Close)
 		m, err := New(Params{Config: cfg, Node: id, Local: agent.NewManager(agent.Params{Node: id, Log: log, Epoch: 1, Clock: clock.Real{}}), Log: log,
-			Logger: slog.New(slog.DiscardHandler)})
+			Logger: slog.New(slog.DiscardHandler), DataDir: t.TempDir()})
 		must(t, err)
 		t.Cleanup(m.Close)
 		return m

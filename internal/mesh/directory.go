@@ -1,0 +1,441 @@
+package mesh
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/ccmesh/ccmesh/internal/agent"
+	"github.com/ccmesh/ccmesh/internal/config"
+	"github.com/ccmesh/ccmesh/internal/core"
+)
+
+// The directory (ADR 0006): every agent's owner is its configured home (or
+// rendezvous hash) until it moves; a move — the agent logging in at another
+// node — is an entry in a replicated JetStream KV bucket, written with
+// compare-and-swap, whose revision is the move's fence. Every node watches the
+// bucket and computes the same owners from it; an owner stamps the fence on
+// every state it publishes, and views order states by fence first, so the
+// states of an owner the agent left lose to those of the one it moved to.
+
+// ErrDirectoryUnavailable is a move attempted while the replicated directory
+// cannot be read or written (JetStream not up yet, or no quorum).
+var ErrDirectoryUnavailable = errors.New("cluster directory unavailable")
+
+// ErrMoveConflict is a move that lost a race with another move of the agent.
+var ErrMoveConflict = errors.New("agent moved concurrently")
+
+// ownership is who owns an agent and under which directory revision (0: the
+// configured owner).
+type ownership struct {
+	Node  core.NodeID `json:"owner"`
+	Fence uint64      `json:"fence"`
+}
+
+// dirValue is a directory entry as stored in the bucket.
+type dirValue struct {
+	Owner core.NodeID `json:"owner"`
+	// By and At say which node wrote it and when (for operators).
+	By core.NodeID `json:"by"`
+	At time.Time   `json:"at"`
+}
+
+// directory holds the ownership of every agent. owners is read lock-free on
+// every reservation; the rest is guarded by mu.
+type directory struct {
+	owners atomic.Pointer[map[core.AgentID]ownership]
+	kv     atomic.Pointer[kvHandle]
+
+	mu      sync.Mutex
+	members []core.NodeID
+	agents  map[core.AgentID]config.Agent
+	static  map[core.AgentID]core.NodeID
+	moved   map[core.AgentID]ownership
+	path    string // last-known directory, for a start without the cluster
+}
+
+// kvHandle wraps the bucket so it fits an atomic.Pointer.
+type kvHandle struct{ kv jetstream.KeyValue }
+
+// directoryFile is the name of the cached directory in the data directory.
+const directoryFile = "directory.json"
+
+func newDirectory(members []core.NodeID, agents []config.Agent, dataDir string) *directory {
+	d := &directory{members: members, moved: map[core.AgentID]ownership{}}
+	if dataDir != "" {
+		d.path = filepath.Join(dataDir, directoryFile)
+	}
+	d.setAgentsLocked(agents)
+	return d
+}
+
+// setAgentsLocked replaces the configured agents and recomputes the owners.
+func (d *directory) setAgentsLocked(agents []config.Agent) (old, now map[core.AgentID]ownership) {
+	d.agents = make(map[core.AgentID]config.Agent, len(agents))
+	for _, a := range agents {
+		d.agents[a.ID] = a
+	}
+	d.static = Owners(d.members, agents)
+	return d.rebuildLocked()
+}
+
+// rebuildLocked recomputes the owners: configured, overridden by moves to a
+// member (a move to a node no longer a member is ignored).
+func (d *directory) rebuildLocked() (old, now map[core.AgentID]ownership) {
+	now = make(map[core.AgentID]ownership, len(d.static))
+	for id, n := range d.static {
+		now[id] = ownership{Node: n}
+	}
+	for id, o := range d.moved {
+		if _, known := d.static[id]; known && slices.Contains(d.members, o.Node) {
+			now[id] = o
+		}
+	}
+	if p := d.owners.Swap(&now); p != nil {
+		old = *p
+	}
+	return old, now
+}
+
+// get returns an agent's ownership (zero for an unknown agent).
+func (d *directory) get(id core.AgentID) ownership {
+	return (*d.owners.Load())[id]
+}
+
+// load reads the cached directory of the previous run (absent: nothing moved).
+func (d *directory) load() error {
+	if d.path == "" {
+		return nil
+	}
+	data, err := os.ReadFile(d.path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("mesh: read %s: %w", d.path, err)
+	}
+	var moved map[core.AgentID]ownership
+	if err := json.Unmarshal(data, &moved); err != nil {
+		return fmt.Errorf("mesh: %s is corrupt (remove it to start from the configured owners): %w", d.path, err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.moved = moved
+	d.rebuildLocked()
+	return nil
+}
+
+// saveLocked writes the directory's moves atomically (temp file + rename).
+func (d *directory) saveLocked() error {
+	if d.path == "" {
+		return nil
+	}
+	data, err := json.Marshal(d.moved)
+	if err != nil {
+		return err
+	}
+	tmp := d.path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("mesh: save directory: %w", err)
+	}
+	if err := os.Rename(tmp, d.path); err != nil {
+		return fmt.Errorf("mesh: save directory: %w", err)
+	}
+	return nil
+}
+
+// bucketName is the JetStream bucket of a cluster's kind of replicated state.
+func bucketName(cluster, kind string) string {
+	return "ccm_" + strings.ReplaceAll(cluster, "-", "_") + "_" + kind
+}
+
+// replicas is how many copies the cluster's buckets keep: every member up to three.
+func (m *Mesh) replicas() int {
+	return min(3, max(1, len(m.p.Config.Members)))
+}
+
+// openBucket opens (creating if needed) a replicated KV bucket, retrying while
+// JetStream is not ready (a cluster electing its meta leader, or without
+// quorum) until ctx ends. It logs once when it has to wait.
+func (m *Mesh) openBucket(ctx context.Context, kind string, history uint8) (jetstream.KeyValue, error) {
+	js, err := jetstream.New(m.nc)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: JetStream: %w", err)
+	}
+	name := bucketName(m.p.Config.Name, kind)
+	warned := false
+	for wait := 200 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		kv, err := js.KeyValue(cctx, name)
+		if errors.Is(err, jetstream.ErrBucketNotFound) {
+			kv, err = js.CreateKeyValue(cctx, jetstream.KeyValueConfig{Bucket: name, History: history, Replicas: m.replicas()})
+		}
+		cancel()
+		if err == nil {
+			if warned {
+				m.logger.Info("mesh: replicated bucket open", "bucket", name)
+			}
+			return kv, nil
+		}
+		if !warned {
+			m.logger.Warn("mesh: replicated bucket not available yet; retrying", "bucket", name, "err", err)
+			warned = true
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// runDirectory opens the directory bucket and applies every move it holds, then
+// every new one, until ctx ends.
+func (m *Mesh) runDirectory(ctx context.Context) {
+	kv, err := m.openBucket(ctx, "directory", 1)
+	if err != nil {
+		return
+	}
+	w, err := kv.WatchAll(ctx)
+	if err != nil {
+		m.logger.Error("mesh: watch the directory", "err", err)
+		return
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if e == nil { // the current entries have all been delivered
+				m.dir.kv.Store(&kvHandle{kv})
+				m.logger.Info("mesh: directory in sync", "moved", m.movedCount())
+				continue
+			}
+			m.onDirectoryEntry(e)
+		}
+	}
+}
+
+func (m *Mesh) movedCount() int {
+	m.dir.mu.Lock()
+	defer m.dir.mu.Unlock()
+	return len(m.dir.moved)
+}
+
+// onDirectoryEntry applies one entry of the directory bucket.
+func (m *Mesh) onDirectoryEntry(e jetstream.KeyValueEntry) {
+	id := core.AgentID(e.Key())
+	if e.Operation() != jetstream.KeyValuePut { // deleted or purged: back to the configured owner
+		m.recordMove(id, ownership{})
+		return
+	}
+	var v dirValue
+	if err := json.Unmarshal(e.Value(), &v); err != nil || v.Owner == "" {
+		m.logger.Warn("mesh: bad directory entry ignored", "agent", id, "err", err)
+		return
+	}
+	m.recordMove(id, ownership{Node: v.Owner, Fence: e.Revision()})
+}
+
+// recordMove applies a directory entry (zero: none, the configured owner) if it
+// is newer than the one known, caches the directory, and adopts or lets go of
+// the agent.
+func (m *Mesh) recordMove(id core.AgentID, o ownership) {
+	m.dir.mu.Lock()
+	cur, ok := m.dir.moved[id]
+	switch {
+	case o.Node == "":
+		delete(m.dir.moved, id)
+	case ok && cur.Fence >= o.Fence:
+		m.dir.mu.Unlock()
+		return // known already (this node wrote it, or a later move is)
+	default:
+		m.dir.moved[id] = o
+	}
+	old, now := m.dir.rebuildLocked()
+	if err := m.dir.saveLocked(); err != nil {
+		m.logger.Warn("mesh: directory not cached", "err", err)
+	}
+	m.dir.mu.Unlock()
+	m.reconcile(old, now)
+}
+
+// reconcile makes the local agent manager hold exactly the agents the
+// directory gives this node: it adopts those that moved here and lets go of
+// those that moved away. An agent that moved away while busy here (taken over
+// while this node was unreachable) has her leases revoked: their holders hear
+// of it and re-route or end those interactions.
+func (m *Mesh) reconcile(old, now map[core.AgentID]ownership) {
+	for id, o := range now {
+		was := old[id]
+		if was == o {
+			continue
+		}
+		switch {
+		case o.Node == m.p.Node:
+			m.mu.Lock()
+			delete(m.remote, id) // the previous owner's states are history
+			m.mu.Unlock()
+			a := m.dir.agent(id)
+			if err := m.p.Local.Adopt(a, o.Fence); err != nil {
+				m.logger.Error("mesh: adopt an agent that moved here", "agent", id, "err", err)
+			} else {
+				m.logger.Info("mesh: agent moved here", "agent", id, "from", was.Node, "fence", o.Fence)
+			}
+		case was.Node == m.p.Node:
+			m.letGo(id, "moved")
+		}
+	}
+}
+
+// letGo stops owning an agent that moved away.
+func (m *Mesh) letGo(id core.AgentID, cause string) {
+	err := m.p.Local.Detach(id, cause)
+	if errors.Is(err, agent.ErrAgentBusy) {
+		m.logger.Warn("mesh: agent moved away while busy here; revoking her leases", "agent", id)
+		if err = m.p.Local.Logout(id, true); err == nil {
+			err = m.p.Local.Detach(id, cause)
+		}
+	}
+	if err != nil && !errors.Is(err, agent.ErrUnknownAgent) {
+		m.logger.Error("mesh: let go of an agent that moved away", "agent", id, "err", err)
+		return
+	}
+	m.logger.Info("mesh: agent moved away", "agent", id, "to", m.dir.get(id).Node)
+}
+
+func (d *directory) agent(id core.AgentID) config.Agent {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.agents[id]
+}
+
+// Claim moves agent id to this node (she logs in here): her owner hands her
+// over — refused while she is busy there (agent.ErrAgentBusy) — then the move
+// is written to the directory with compare-and-swap, and this node adopts her.
+// An owner that does not answer is taken over: the directory write needs the
+// cluster's quorum, so a node cut off from the majority cannot do it, and the
+// old owner lets her go when it sees the move.
+func (m *Mesh) Claim(ctx context.Context, id core.AgentID) error {
+	h := m.dir.kv.Load()
+	if h == nil {
+		return fmt.Errorf("mesh: move %s here: %w", id, ErrDirectoryUnavailable)
+	}
+	m.dir.mu.Lock()
+	configured, known := m.dir.static[id]
+	m.dir.mu.Unlock()
+	if !known {
+		return fmt.Errorf("mesh: move %s here: %w", id, agent.ErrUnknownAgent)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	// The bucket, not this node's copy of it (which may lag), says who owns her.
+	cur := ownership{Node: configured}
+	e, err := h.kv.Get(cctx, string(id))
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+	case err != nil:
+		return fmt.Errorf("mesh: move %s here: %w: %w", id, ErrDirectoryUnavailable, err)
+	default:
+		var v dirValue
+		if err := json.Unmarshal(e.Value(), &v); err != nil || v.Owner == "" {
+			return fmt.Errorf("mesh: move %s here: bad directory entry: %v", id, err)
+		}
+		cur = ownership{Node: v.Owner, Fence: e.Revision()}
+		m.recordMove(id, cur)
+	}
+	if cur.Node == m.p.Node {
+		return nil
+	}
+	r, err := m.call(cur.Node, request{Op: opHandoff, Agent: id, Fence: cur.Fence})
+	switch {
+	case errors.Is(err, ErrOwnerUnreachable):
+		m.logger.Warn("mesh: the agent's owner does not answer; taking her over", "agent", id, "owner", cur.Node)
+	case err != nil:
+		return fmt.Errorf("mesh: move %s here: %w", id, err)
+	default:
+		if err := r.err(id); err != nil {
+			return fmt.Errorf("mesh: move %s here from %s: %w", id, cur.Node, err)
+		}
+	}
+	val, err := json.Marshal(dirValue{Owner: m.p.Node, By: m.p.Node, At: time.Now().UTC()})
+	if err != nil {
+		return err
+	}
+	var rev uint64
+	if cur.Fence == 0 {
+		rev, err = h.kv.Create(cctx, string(id), val)
+	} else {
+		rev, err = h.kv.Update(cctx, string(id), val, cur.Fence)
+	}
+	if err != nil {
+		if isCASConflict(err) {
+			return fmt.Errorf("mesh: move %s here: %w", id, ErrMoveConflict)
+		}
+		return fmt.Errorf("mesh: move %s here: %w: %w", id, ErrDirectoryUnavailable, err)
+	}
+	m.recordMove(id, ownership{Node: m.p.Node, Fence: rev})
+	return nil
+}
+
+// handoffGrace is how long an owner that handed an agent over waits to see the
+// move in the directory before taking her back (the claimer failed to write it).
+const handoffGrace = 5 * time.Second
+
+// handOff is the owner's side of a move: the agent is let go unless busy; if
+// the directory does not show her moved within handoffGrace, she is taken back.
+func (m *Mesh) handOff(id core.AgentID, to core.NodeID, fence uint64) error {
+	if fence > m.dir.get(id).Fence {
+		m.recordMove(id, ownership{Node: m.p.Node, Fence: fence}) // the claimer read the bucket first
+	}
+	before := m.dir.get(id)
+	if before.Node != m.p.Node {
+		return fmt.Errorf("mesh: hand over %s: owned by %s: %w", id, before.Node, agent.ErrUnknownAgent)
+	}
+	if err := m.p.Local.Detach(id, "moved"); err != nil {
+		return err
+	}
+	m.logger.Info("mesh: agent handed over", "agent", id, "to", to)
+	time.AfterFunc(handoffGrace, func() {
+		if m.dir.get(id) == before {
+			m.logger.Warn("mesh: handed-over agent not moved in the directory; taking her back", "agent", id, "to", to)
+			if err := m.p.Local.Adopt(m.dir.agent(id), before.Fence); err != nil {
+				m.logger.Error("mesh: take back an agent", "agent", id, "err", err)
+			}
+		}
+	})
+	return nil
+}
+
+// SetAgents replaces the cluster's agents (a configuration change) and returns
+// those this node owns now.
+func (m *Mesh) SetAgents(agents []config.Agent) []config.Agent {
+	m.dir.mu.Lock()
+	_, now := m.dir.setAgentsLocked(agents)
+	m.dir.mu.Unlock()
+	var out []config.Agent
+	for _, a := range agents {
+		if now[a.ID].Node == m.p.Node {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// DirectoryInSync reports whether this node has read the replicated directory
+// (moves are possible only then).
+func (m *Mesh) DirectoryInSync() bool { return m.dir.kv.Load() != nil }

@@ -1,0 +1,101 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// The replicated configuration (ADR 0007): the cluster's agents and queues as
+// one YAML document under the key "shared" of a JetStream KV bucket. Any node
+// writes a new revision (after validating it); every node watches the key and
+// applies each revision it accepts, keeping it as its last-known-good copy.
+
+// ErrConfigUnavailable is a configuration change attempted while the
+// replicated bucket cannot be written (JetStream not up yet, or no quorum).
+var ErrConfigUnavailable = errors.New("replicated configuration unavailable")
+
+// ErrConfigConflict is a change based on a revision that is no longer the latest.
+var ErrConfigConflict = errors.New("the configuration changed meanwhile")
+
+// sharedKey is the key of the shared configuration in its bucket.
+const sharedKey = "shared"
+
+// configHistory is how many revisions the bucket keeps.
+const configHistory = 10
+
+type sharedConfig struct {
+	kv atomic.Pointer[kvHandle]
+}
+
+// runSharedConfig watches the replicated configuration and hands every
+// revision to Params.OnSharedConfig, until ctx ends.
+func (m *Mesh) runSharedConfig(ctx context.Context) {
+	kv, err := m.openBucket(ctx, "config", configHistory)
+	if err != nil {
+		return
+	}
+	w, err := kv.Watch(ctx, sharedKey)
+	if err != nil {
+		m.logger.Error("mesh: watch the replicated configuration", "err", err)
+		return
+	}
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if e == nil {
+				m.shared.kv.Store(&kvHandle{kv})
+				continue
+			}
+			if e.Operation() == jetstream.KeyValuePut && m.p.OnSharedConfig != nil {
+				m.p.OnSharedConfig(e.Revision(), e.Value())
+			}
+		}
+	}
+}
+
+// PutSharedConfig writes a new revision of the shared configuration; with
+// expect > 0 only if expect is still the latest revision (compare-and-swap).
+// The caller validates data first. It returns the new revision.
+func (m *Mesh) PutSharedConfig(ctx context.Context, data []byte, expect uint64) (uint64, error) {
+	h := m.shared.kv.Load()
+	if h == nil {
+		return 0, fmt.Errorf("mesh: write the configuration: %w", ErrConfigUnavailable)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var rev uint64
+	var err error
+	if expect > 0 {
+		rev, err = h.kv.Update(cctx, sharedKey, data, expect)
+	} else {
+		rev, err = h.kv.Put(cctx, sharedKey, data)
+	}
+	if err != nil {
+		if isCASConflict(err) {
+			return 0, fmt.Errorf("mesh: write the configuration (expected revision %d): %w", expect, ErrConfigConflict)
+		}
+		return 0, fmt.Errorf("mesh: write the configuration: %w: %w", ErrConfigUnavailable, err)
+	}
+	return rev, nil
+}
+
+// ConfigInSync reports whether the replicated configuration has been read.
+func (m *Mesh) ConfigInSync() bool { return m.shared.kv.Load() != nil }
+
+// isCASConflict reports a compare-and-swap that lost (a stale revision).
+func isCASConflict(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, jetstream.ErrKeyExists) || errors.As(err, &apiErr) &&
+		(apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
+}
