@@ -44,11 +44,47 @@ func (s *Server) owned(h http.HandlerFunc) http.HandlerFunc {
 			id := core.AgentID(r.PathValue("id"))
 			if owner := s.p.Cluster.Owner(id); owner != "" && owner != s.p.Node {
 				writeError(w, http.StatusConflict, "agent_elsewhere",
-					fmt.Sprintf("agent %s is owned by node %s: use that node's API", id, owner))
+					fmt.Sprintf("agent %s is owned by node %s: use that node's API (or log in here to move her)", id, owner))
 				return
 			}
 		}
 		h(w, r)
+	}
+}
+
+// moveHere, in a cluster, makes this node the owner of an agent logging in
+// here (ADR 0006): her owner hands her over unless she is busy there.
+func (s *Server) moveHere(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if s.p.Cluster != nil {
+			id := core.AgentID(r.PathValue("id"))
+			if owner := s.p.Cluster.Owner(id); owner != "" && owner != s.p.Node {
+				if err := s.p.Cluster.Claim(r.Context(), id); err != nil {
+					s.moveError(w, id, owner, err)
+					return
+				}
+				s.p.Logger.Info("agent moved here to log in", "agent", id, "from", owner)
+			}
+		}
+		h(w, r)
+	}
+}
+
+func (s *Server) moveError(w http.ResponseWriter, id core.AgentID, owner core.NodeID, err error) {
+	switch {
+	case errors.Is(err, agent.ErrAgentBusy):
+		writeError(w, http.StatusConflict, "agent_busy",
+			fmt.Sprintf("agent %s is busy at node %s: she can log in here once her current work there ends", id, owner))
+	case errors.Is(err, mesh.ErrMoveConflict):
+		writeError(w, http.StatusConflict, "move_conflict", fmt.Sprintf("agent %s moved meanwhile: try again", id))
+	case errors.Is(err, mesh.ErrDirectoryUnavailable):
+		writeError(w, http.StatusServiceUnavailable, "directory_unavailable",
+			fmt.Sprintf("agent %s is owned by node %s and the cluster directory cannot record a move now: log in there, or retry", id, owner))
+	case errors.Is(err, agent.ErrUnknownAgent):
+		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("unknown agent %s", id))
+	default:
+		s.p.Logger.Error("move an agent here", "agent", id, "err", err)
+		writeError(w, http.StatusBadGateway, "move_failed", fmt.Sprintf("agent %s could not move here from node %s", id, owner))
 	}
 }
 
@@ -67,11 +103,36 @@ type Calls interface {
 	CallStats() sip.CallStats
 }
 
+// SharedConfig is the configuration of agents and queues shared by the
+// cluster's members (or the node's own, alone), changed at run time.
+type SharedConfig interface {
+	// Shared is the revision in force.
+	Shared() SharedState
+	// PutShared validates YAML data and makes it the next revision
+	// (replicated in a cluster); with expect > 0 only if expect is still the
+	// latest. Errors: config.ErrInvalid, mesh.ErrConfigConflict,
+	// mesh.ErrConfigUnavailable.
+	PutShared(ctx context.Context, data []byte, expect uint64) (uint64, error)
+}
+
+// SharedState is the shared configuration in force at a node.
+type SharedState struct {
+	// Revision is the replicated revision (0: the node's file, never changed).
+	Revision uint64 `json:"revision"`
+	// Source is "file", "last_known_good" (the copy kept from a previous run)
+	// or "replicated".
+	Source string `json:"source"`
+	// YAML is the agents and queues document.
+	YAML string `json:"yaml"`
+}
+
 // Cluster reports the node's cluster membership (nil when the node is alone).
 type Cluster interface {
 	Status() mesh.Status
 	// Owner is the node owning an agent ("" for an unknown agent).
 	Owner(core.AgentID) core.NodeID
+	// Claim moves an agent to this node (she logs in here).
+	Claim(context.Context, core.AgentID) error
 	// PeerRegistrations are the other members' registrations, JSON as in
 	// GET /registrations' map, and the members that did not answer.
 	PeerRegistrations() (map[core.NodeID]json.RawMessage, []core.NodeID)
@@ -83,6 +144,9 @@ type Cluster interface {
 // Params are the API's dependencies.
 type Params struct {
 	Cluster Cluster
+	// Shared is the shared configuration (optional: without it the
+	// /config/shared endpoints answer 404).
+	Shared SharedConfig
 	// AllAgents are the agents that may authenticate (all the cluster's); the
 	// node's own agents (Agents) always may.
 	AllAgents []config.Agent
@@ -104,10 +168,10 @@ type Params struct {
 // Server serves the API. It is safe for concurrent use.
 type Server struct {
 	p Params
-	// credentials are every agent's password by id (in a cluster, the agents of
-	// other owners too: an agent authenticates anywhere, changes only at home).
-	credentials map[core.AgentID]string
-	configs     map[core.AgentID]config.Agent
+	// agents are every agent's configuration by id (in a cluster, the agents
+	// of other owners too: an agent authenticates anywhere, changes only at
+	// her owner); replaced whole on a configuration change.
+	agents atomic.Pointer[map[core.AgentID]config.Agent]
 	mux         *http.ServeMux
 	reg         *prometheus.Registry
 	metrics     *metrics
@@ -116,18 +180,23 @@ type Server struct {
 
 // New returns the API server.
 func New(p Params) *Server {
-	s := &Server{p: p, mux: http.NewServeMux(), reg: prometheus.NewRegistry(), credentials: map[core.AgentID]string{}}
-	s.configs = map[core.AgentID]config.Agent{}
-	for _, a := range p.AllAgents {
-		s.credentials[a.ID] = a.Password
-		s.configs[a.ID] = a
-	}
+	s := &Server{p: p, mux: http.NewServeMux(), reg: prometheus.NewRegistry()}
+	s.SetAgents(p.AllAgents)
 	if s.p.Logger == nil {
 		s.p.Logger = slog.Default()
 	}
 	s.metrics = newMetrics(s.reg, s)
 	s.routes()
 	return s
+}
+
+// SetAgents replaces the agents that may authenticate (a configuration change).
+func (s *Server) SetAgents(agents []config.Agent) {
+	m := make(map[core.AgentID]config.Agent, len(agents))
+	for _, a := range agents {
+		m[a.ID] = a
+	}
+	s.agents.Store(&m)
 }
 
 func (s *Server) routes() {
@@ -142,11 +211,13 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /api/v1/agents", s.auth(staff, s.listAgents))
 	m.HandleFunc("GET /api/v1/agents/{id}", s.auth(selfOrStaff, s.getAgent))
 	m.HandleFunc("GET /api/v1/agents/{id}/history", s.auth(selfOrStaff, s.agentHistory))
-	m.HandleFunc("POST /api/v1/agents/{id}/login", s.auth(selfOrSupervisor, s.owned(s.login)))
+	m.HandleFunc("POST /api/v1/agents/{id}/login", s.auth(selfOrSupervisor, s.moveHere(s.login)))
 	m.HandleFunc("POST /api/v1/agents/{id}/logout", s.auth(selfOrSupervisor, s.owned(s.logout)))
 	m.HandleFunc("POST /api/v1/agents/{id}/state", s.auth(selfOrSupervisor, s.owned(s.setState)))
 	m.HandleFunc("GET /api/v1/registrations", s.auth(staff, s.listRegistrations))
 	m.HandleFunc("GET /api/v1/cluster", s.auth(staff, s.clusterStatus))
+	m.HandleFunc("GET /api/v1/config/shared", s.auth(staff, s.getShared))
+	m.HandleFunc("PUT /api/v1/config/shared", s.auth(admin, s.putShared))
 	m.HandleFunc("GET /api/v1/queues", s.auth(anyone, s.listQueues))
 	m.HandleFunc("GET /api/v1/queues/{id}", s.auth(anyone, s.getQueue))
 	m.HandleFunc("POST /api/v1/interactions", s.auth(tokens, s.createInteraction))
@@ -245,6 +316,7 @@ type policy func(p principal, id string) bool
 func anyone(principal, string) bool         { return true }
 func staff(p principal, _ string) bool      { return p.staff() }
 func tokens(p principal, _ string) bool     { return p.role != "" }
+func admin(p principal, _ string) bool      { return p.role == config.RoleAdmin }
 func agentsOnly(p principal, _ string) bool { return p.agent != "" }
 func selfOrStaff(p principal, id string) bool {
 	return p.staff() || p.role == config.RoleIntegrator || (p.agent != "" && string(p.agent) == id)
@@ -287,7 +359,8 @@ func (s *Server) authenticate(r *http.Request) (principal, bool) {
 		return principal{}, false
 	}
 	id := core.AgentID(user)
-	want, found := s.credentials[id]
+	a, found := (*s.agents.Load())[id]
+	want := a.Password
 	if !found {
 		if a, ok := s.p.Agents.Config(id); ok {
 			want, found = a.Password, true

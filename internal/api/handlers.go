@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ccmesh/ccmesh/internal/agent"
+	"github.com/ccmesh/ccmesh/internal/config"
 	"github.com/ccmesh/ccmesh/internal/core"
 	"github.com/ccmesh/ccmesh/internal/events"
 	"github.com/ccmesh/ccmesh/internal/interaction"
@@ -43,7 +45,7 @@ func (s *Server) agentBody(v agent.View) agentBody {
 	if s.p.Cluster != nil {
 		b.Owner = s.p.Cluster.Owner(v.ID)
 		if v.Name == "" { // another owner's agent: its static fields from the configuration
-			cfg := s.configs[v.ID]
+			cfg := (*s.agents.Load())[v.ID]
 			b.Name, b.DN, b.Skills = cfg.Name, cfg.DN, cfg.Skills
 		}
 		if b.Leases == nil {
@@ -513,4 +515,58 @@ func nonNil[T any](s []T) []T {
 		return []T{}
 	}
 	return s
+}
+
+// getShared returns the shared configuration in force at this node.
+func (s *Server) getShared(w http.ResponseWriter, r *http.Request) {
+	if s.p.Shared == nil {
+		s.noRoute(w, r)
+		return
+	}
+	if r.URL.Query().Get("format") == "yaml" {
+		w.Header().Set("Content-Type", "application/yaml")
+		w.Header().Set("ETag", strconv.Quote(strconv.FormatUint(s.p.Shared.Shared().Revision, 10)))
+		_, _ = io.WriteString(w, s.p.Shared.Shared().YAML)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.p.Shared.Shared())
+}
+
+// putShared makes the body (YAML: agents and queues) the next revision of the
+// shared configuration. If-Match: "<revision>" makes it conditional.
+func (s *Server) putShared(w http.ResponseWriter, r *http.Request) {
+	if s.p.Shared == nil {
+		s.noRoute(w, r)
+		return
+	}
+	var expect uint64
+	if m := r.Header.Get("If-Match"); m != "" {
+		n, err := strconv.ParseUint(strings.Trim(m, `"`), 10, 64)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "bad_request", `If-Match must be a revision in quotes, e.g. "12"`)
+			return
+		}
+		expect = n
+	}
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("the configuration exceeds %d bytes", maxBody))
+		return
+	}
+	rev, err := s.p.Shared.PutShared(r.Context(), data, expect)
+	switch {
+	case err == nil:
+		writeJSON(w, http.StatusOK, map[string]uint64{"revision": rev})
+	case errors.Is(err, config.ErrInvalid):
+		writeError(w, http.StatusUnprocessableEntity, "invalid_config", err.Error())
+	case errors.Is(err, mesh.ErrConfigConflict):
+		writeError(w, http.StatusPreconditionFailed, "revision_changed",
+			fmt.Sprintf("the shared configuration is no longer at revision %d: read it again", expect))
+	case errors.Is(err, mesh.ErrConfigUnavailable):
+		writeError(w, http.StatusServiceUnavailable, "config_unavailable",
+			"the replicated configuration cannot be written now (no quorum, or the cluster is starting): retry")
+	default:
+		s.p.Logger.Error("change the shared configuration", "err", err)
+		writeError(w, http.StatusInternalServerError, "internal", "the configuration could not be changed")
+	}
 }

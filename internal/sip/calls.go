@@ -53,11 +53,12 @@ type QueueVoice struct {
 // at the node). One goroutine per call (run) owns the call's progress; the SIP
 // and interaction callbacks talk to it through the call's channels.
 type calls struct {
-	svc    Interactions
-	routes map[string]core.QueueID // route-point user part (DN or queue id) → queue
-	dir    Directory               // agents by id or DN, for direct calls and transfers
-	queues map[core.QueueID]QueueVoice
-	reg    *Registrar
+	svc Interactions
+	// plan maps route points to queues and their voice settings; replaced
+	// whole when the configuration changes.
+	plan atomic.Pointer[dialPlan]
+	dir  Directory // agents by id or DN, for direct calls and transfers
+	reg  *Registrar
 	// contacts finds an agent's registered phones (the registrar, or the mesh).
 	contacts func(core.AgentID) []string
 	dsc      *sipgo.DialogServerCache
@@ -210,11 +211,20 @@ func newCalls(p callsParams) (*calls, error) {
 			return out
 		}
 	}
-	return &calls{svc: p.svc, routes: p.routes, dir: p.dir, queues: p.queues, reg: p.reg, contacts: p.contacts, host: ip, contact: contact,
+	m := &calls{svc: p.svc, dir: p.dir, reg: p.reg, contacts: p.contacts, host: ip, contact: contact,
 		rtpTimeout: p.rtpTimeout, maxCalls: p.maxCalls, logger: p.logger,
 		dsc: sipgo.NewDialogServerCache(p.client, contact), dcc: sipgo.NewDialogClientCache(p.client, contact),
 		byIx: map[core.InteractionID]*call{}, byA: map[*sipgo.DialogServerSession]*call{}, byB: map[*sipgo.DialogClientSession]*call{},
-		inviting: map[string]string{}, acks: map[string]chan struct{}{}}, nil
+		inviting: map[string]string{}, acks: map[string]chan struct{}{}}
+	m.plan.Store(&dialPlan{routes: p.routes, queues: p.queues})
+	return m, nil
+}
+
+// dialPlan is what route points lead to: queue ids and DNs to queues, and
+// each queue's voice settings.
+type dialPlan struct {
+	routes map[string]core.QueueID
+	queues map[core.QueueID]QueueVoice
 }
 
 // maxRing bounds how long the node rings an agent's phone, whatever happens
@@ -236,7 +246,7 @@ type destination struct {
 }
 
 func (m *calls) resolve(user string) (destination, bool) {
-	if q, ok := m.routes[user]; ok {
+	if q, ok := m.plan.Load().routes[user]; ok {
 		return destination{queue: q}, true
 	}
 	if user != "" {
@@ -281,7 +291,7 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		reply(tx, req, 503, "Service Unavailable (call limit)", sip.NewHeader("Retry-After", "5"))
 		return
 	}
-	direct := dst.queue != "" && m.queues[dst.queue].Direct
+	direct := dst.queue != "" && m.plan.Load().queues[dst.queue].Direct
 	offer, err := sdp.Parse(req.Body())
 	if err == nil && len(offer.Codecs) == 0 && !direct { // direct media: the codecs are the parties' business
 		err = sdp.ErrNoCommon
@@ -311,7 +321,7 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		c.ans, _ = sdp.Answer(offer, c.callerRx.LocalAddr().(*net.UDPAddr).AddrPort(), rand.Uint64N(1<<62))
 		c.codec = mediaCodec(c.ans.Codecs[0])
 	}
-	snd := m.queues[dst.queue]
+	snd := m.plan.Load().queues[dst.queue]
 	c.music = snd.Music
 	if c.music == nil {
 		c.music = media.MusicOnHold()
@@ -707,7 +717,7 @@ func (m *calls) resumeLocked(c *call) {
 // closed answers a call to a closed queue: its closed announcement as early media
 // (if it has one), then 480.
 func (m *calls) closed(req *sip.Request, tx sip.ServerTransaction, q core.QueueID, offer sdp.Media) {
-	clip := m.queues[q].Closed
+	clip := m.plan.Load().queues[q].Closed
 	if clip == nil {
 		reply(tx, req, 480, "Temporarily Unavailable (queue closed)")
 		return

@@ -63,6 +63,14 @@ type Server struct {
 	logger *slog.Logger
 }
 
+// SetQueues replaces the route points and the queues' voice settings (a
+// configuration change). Calls in progress keep the settings they started with.
+func (s *Server) SetQueues(routes map[string]core.QueueID, queues map[core.QueueID]QueueVoice) {
+	if s.calls != nil {
+		s.calls.plan.Store(&dialPlan{routes: routes, queues: queues})
+	}
+}
+
 // New binds the configured listeners and builds the server.
 func New(p Params) (*Server, error) {
 	s := &Server{logger: p.Logger}
