@@ -171,11 +171,11 @@ type Server struct {
 	// agents are every agent's configuration by id (in a cluster, the agents
 	// of other owners too: an agent authenticates anywhere, changes only at
 	// her owner); replaced whole on a configuration change.
-	agents atomic.Pointer[map[core.AgentID]config.Agent]
-	mux         *http.ServeMux
-	reg         *prometheus.Registry
-	metrics     *metrics
-	streams     atomic.Int64
+	agents  atomic.Pointer[map[core.AgentID]config.Agent]
+	mux     *http.ServeMux
+	reg     *prometheus.Registry
+	metrics *metrics
+	streams atomic.Int64
 }
 
 // New returns the API server.

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 
 	"gopkg.in/yaml.v3"
@@ -52,3 +53,7 @@ func (c *Config) WithShared(s Shared) (*Config, error) {
 func (c *Config) Shared() Shared {
 	return Shared{Agents: c.Agents, Queues: c.Queues}
 }
+
+// ErrInvalid marks a configuration refused by parsing or validation (the
+// wrapped error says why).
+var ErrInvalid = errors.New("invalid configuration")

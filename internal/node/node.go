@@ -100,7 +100,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	if cfg.Cluster.Enabled() {
-		n.mesh, err = mesh.New(mesh.Params{Config: cfg.Cluster, Node: cfg.Node.ID, Agents: cfg.Agents, Local: n.agents, Log: n.log,
+		n.mesh, err = mesh.New(mesh.Params{Config: cfg.Cluster, Node: cfg.Node.ID, Agents: cfg.Agents, Local: n.agents, Log: n.log, DataDir: cfg.Node.DataDir,
 			Contacts: n.localContacts, Registrations: n.localRegistrations, Logger: n.logger.With("component", "mesh")})
 		if err != nil {
 			return fail(err)
