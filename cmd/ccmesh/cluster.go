@@ -32,22 +32,9 @@ func cluster(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "ccmesh cluster status: --token (or $CCMESH_TOKEN) is required: a supervisor or admin API token")
 		return 2
 	}
-	req, err := http.NewRequest("GET", strings.TrimSuffix(*url, "/")+"/api/v1/cluster", nil)
-	if err != nil {
-		fmt.Fprintf(stderr, "ccmesh cluster status: --url: %v\n", err)
-		return 2
-	}
-	req.Header.Set("Authorization", "Bearer "+*token)
-	res, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
-	if err != nil {
-		fmt.Fprintf(stderr, "ccmesh cluster status: %v\n", err)
-		return 1
-	}
-	defer res.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(res.Body, 1<<20))
-	if err != nil || res.StatusCode != http.StatusOK {
-		fmt.Fprintf(stderr, "ccmesh cluster status: HTTP %d: %s%v\n", res.StatusCode, strings.TrimSpace(string(body)), errText(err))
-		return 1
+	body, code := apiCall(stderr, "cluster status", "GET", *url, "/api/v1/cluster", *token, nil, nil)
+	if code != 0 {
+		return code
 	}
 	if *asJSON {
 		_, _ = stdout.Write(body)
@@ -78,6 +65,33 @@ func cluster(args []string, stdout, stderr io.Writer) int {
 	}
 	_ = tw.Flush()
 	return 0
+}
+
+// apiCall sends one request to a node's API with a bearer token and returns
+// the body of a 2xx answer; otherwise it prints the error as cmd and returns
+// the exit code (1: failed, 2: bad arguments).
+func apiCall(stderr io.Writer, cmd, method, base, path, token string, body io.Reader, headers map[string]string) ([]byte, int) {
+	req, err := http.NewRequest(method, strings.TrimSuffix(base, "/")+path, body)
+	if err != nil {
+		fmt.Fprintf(stderr, "ccmesh %s: --url: %v\n", cmd, err)
+		return nil, 2
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	res, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		fmt.Fprintf(stderr, "ccmesh %s: %v\n", cmd, err)
+		return nil, 1
+	}
+	defer res.Body.Close()
+	out, err := io.ReadAll(io.LimitReader(res.Body, 4<<20))
+	if err != nil || res.StatusCode/100 != 2 {
+		fmt.Fprintf(stderr, "ccmesh %s: HTTP %d: %s%v\n", cmd, res.StatusCode, strings.TrimSpace(string(out)), errText(err))
+		return nil, 1
+	}
+	return out, 0
 }
 
 func errText(err error) string {

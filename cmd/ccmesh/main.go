@@ -33,6 +33,8 @@ func usage(w io.Writer) {
   ccmesh serve [--config FILE] [--log-level debug|info|warn|error] [--pprof 127.0.0.1:6060]
   ccmesh check --config FILE
   ccmesh cluster status [--url http://127.0.0.1:8080] [--token TOKEN] [--json]
+  ccmesh config show [--url URL] [--token TOKEN]
+  ccmesh config push FILE [--url URL] [--token TOKEN] [--if-revision N]
   ccmesh version
 `)
 }
@@ -49,6 +51,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return check(args[1:], stdout, stderr)
 	case "cluster":
 		return cluster(args[1:], stdout, stderr)
+	case "config":
+		return configCmd(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "ccmesh", versionString())
 		return 0

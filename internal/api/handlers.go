@@ -120,6 +120,11 @@ func (s *Server) getAgent(w http.ResponseWriter, r *http.Request) {
 				break
 			}
 		}
+		if _, known := (*s.agents.Load())[id]; err != nil && known {
+			// A configured agent whose owner has not been heard from: her
+			// owner is known, her state is not.
+			v, err = agent.View{ID: id, State: events.AgentState{State: "unknown", Presence: "unknown", Load: []events.ChannelLoad{}}}, nil
+		}
 	}
 	if err != nil {
 		s.fail(w, r, err)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sync/atomic"
 	"time"
 
@@ -47,12 +48,25 @@ type Node struct {
 	ln     net.Listener
 	ready  atomic.Bool
 	start  uint64 // last seq persisted before this run
+	// shared is the agents and queues in force (changed at run time).
+	shared *shared
+	// dir resolves agents for the SIP registrar; replaced on a change.
+	dir *liveDirectory
 }
 
 // New opens storage, builds every component and binds the listeners. Nothing runs
 // until Run.
 func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, error) {
-	n := &Node{cfg: cfg, logger: logger.With("node", cfg.Node.ID)}
+	n := &Node{logger: logger.With("node", cfg.Node.ID), dir: &liveDirectory{}}
+	if err := os.MkdirAll(cfg.Node.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("node: data_dir: %w", err)
+	}
+	cfg, sh, err := startingConfig(cfg, n.logger)
+	if err != nil {
+		return nil, err
+	}
+	n.cfg, n.shared = cfg, sh
+	n.dir.Store(newDirectory(cfg.Agents))
 	st, err := store.Open(ctx, cfg.Node.DataDir, n.logger)
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)
@@ -100,7 +114,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	if cfg.Cluster.Enabled() {
-		n.mesh, err = mesh.New(mesh.Params{Config: cfg.Cluster, Node: cfg.Node.ID, Agents: cfg.Agents, Local: n.agents, Log: n.log, DataDir: cfg.Node.DataDir,
+		n.mesh, err = mesh.New(mesh.Params{Config: cfg.Cluster, Node: cfg.Node.ID, Agents: cfg.Agents, Local: n.agents, Log: n.log, DataDir: cfg.Node.DataDir, OnSharedConfig: n.onReplicated,
 			Contacts: n.localContacts, Registrations: n.localRegistrations, Logger: n.logger.With("component", "mesh")})
 		if err != nil {
 			return fail(err)
@@ -128,29 +142,15 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 	}
 	var regs api.Registrations
 	if cfg.SIP.Enabled() {
-		routes := map[string]core.QueueID{}
-		voice := map[core.QueueID]sip.QueueVoice{}
-		for _, q := range cfg.Queues {
-			routes[string(q.ID)], routes[string(q.DN)] = q.ID, q.ID
-			qv := sip.QueueVoice{AnswerFirst: q.AnswerMode == config.AnswerFirst, Direct: q.Media == config.MediaDirect}
-			for _, s := range []struct {
-				path string
-				dst  **media.Clip
-			}{{q.Sounds.Announcement, &qv.Announcement}, {q.Sounds.Music, &qv.Music}, {q.Sounds.Closed, &qv.Closed}} {
-				if s.path == "" {
-					continue
-				}
-				if *s.dst, err = media.LoadWAVFile(s.path); err != nil {
-					return fail(fmt.Errorf("queue %s: %w", q.ID, err))
-				}
-			}
-			voice[q.ID] = qv
+		routes, voice, err := voicePlan(cfg.Queues)
+		if err != nil {
+			return fail(err)
 		}
 		var contacts func(core.AgentID) []string
 		if n.mesh != nil {
 			contacts = n.mesh.Contacts // a phone may be registered at the agent's owner
 		}
-		n.sip, err = sip.New(sip.Params{Config: cfg.SIP, Directory: newDirectory(cfg.Agents), Interactions: n.ix, Routes: routes, Queues: voice,
+		n.sip, err = sip.New(sip.Params{Config: cfg.SIP, Directory: n.dir, Interactions: n.ix, Routes: routes, Queues: voice,
 			Contacts: contacts,
 			Log:      n.log, Clock: clk, Logger: n.logger.With("component", "sip")})
 		if err != nil {
@@ -178,7 +178,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 		cluster = n.mesh
 	}
 	n.api = api.New(api.Params{
-		Registrations: regs, Calls: calls, Cluster: cluster, AllAgents: cfg.Agents,
+		Registrations: regs, Calls: calls, Cluster: cluster, AllAgents: cfg.Agents, Shared: n,
 		Node: cfg.Node.ID, Tokens: cfg.APITokens, Agents: n.agents, Interactions: n.ix, Router: n.router,
 		Store: st, Log: n.log, Logger: n.logger.With("component", "api"), Ready: n.ready.Load,
 	})
@@ -234,7 +234,7 @@ type directory map[string]struct {
 	password string
 }
 
-func newDirectory(agents []config.Agent) directory {
+func newDirectory(agents []config.Agent) *directory {
 	d := directory{}
 	for _, a := range agents {
 		e := struct {
@@ -244,13 +244,41 @@ func newDirectory(agents []config.Agent) directory {
 		d[string(a.ID)] = e
 		d[string(a.DN)] = e
 	}
-	return d
+	return &d
 }
 
-// Lookup implements sip.Directory; the map is never written after start.
-func (d directory) Lookup(user string) (core.AgentID, string, bool) {
-	e, ok := d[user]
+// liveDirectory is the directory in force, replaced whole on a configuration change.
+type liveDirectory struct{ atomic.Pointer[directory] }
+
+// Lookup implements sip.Directory.
+func (d *liveDirectory) Lookup(user string) (core.AgentID, string, bool) {
+	e, ok := (*d.Load())[user]
 	return e.id, e.password, ok
+}
+
+// voicePlan maps the queues' ids and DNs to them, with their voice settings
+// (sound files loaded).
+func voicePlan(queues []config.Queue) (map[string]core.QueueID, map[core.QueueID]sip.QueueVoice, error) {
+	routes := map[string]core.QueueID{}
+	voice := map[core.QueueID]sip.QueueVoice{}
+	for _, q := range queues {
+		routes[string(q.ID)], routes[string(q.DN)] = q.ID, q.ID
+		qv := sip.QueueVoice{AnswerFirst: q.AnswerMode == config.AnswerFirst, Direct: q.Media == config.MediaDirect}
+		for _, s := range []struct {
+			path string
+			dst  **media.Clip
+		}{{q.Sounds.Announcement, &qv.Announcement}, {q.Sounds.Music, &qv.Music}, {q.Sounds.Closed, &qv.Closed}} {
+			if s.path == "" {
+				continue
+			}
+			var err error
+			if *s.dst, err = media.LoadWAVFile(s.path); err != nil {
+				return nil, nil, fmt.Errorf("queue %s: %w", q.ID, err)
+			}
+		}
+		voice[q.ID] = qv
+	}
+	return routes, voice, nil
 }
 
 // HTTPAddr is the address the API listens on (useful with port 0).

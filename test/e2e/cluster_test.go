@@ -23,12 +23,23 @@ func clusterYAML(seed string) string {
 // startCluster runs three ccmesh processes in one cluster, ann owned by node-2.
 func startCluster(t *testing.T) []*proc {
 	t.Helper()
+	procs, _ := startClusterFiles(t)
+	return procs
+}
+
+// startClusterFiles is startCluster also returning each member's
+// configuration file (to restart it).
+func startClusterFiles(t *testing.T) ([]*proc, []string) {
+	t.Helper()
 	homes := [][2]string{{"  - id: ann\n", "  - id: ann\n    home: node-2\n"}}
 	var procs []*proc
+	var files []string
 	seed := ""
 	for i := 1; i <= 3; i++ {
-		p := serve(t, writeConfig(t, configOpts{dataDir: t.TempDir(), digest: "[MD5, SHA-256]", nodeID: fmt.Sprintf("node-%d", i),
-			extra: clusterYAML(seed), replace: homes}))
+		file := writeConfig(t, configOpts{dataDir: t.TempDir(), digest: "[MD5, SHA-256]", drainTimeout: "3s", nodeID: fmt.Sprintf("node-%d", i),
+			extra: clusterYAML(seed), replace: homes})
+		files = append(files, file)
+		p := serve(t, file)
 		if seed == "" {
 			m := routesRE.FindStringSubmatch(p.find("mesh: NATS server up"))
 			if m == nil {
@@ -49,7 +60,18 @@ func startCluster(t *testing.T) []*proc {
 			return st.NATS.Routes >= 2
 		})
 	}
-	return procs
+	for i, p := range procs {
+		c := newClient(t, p.base)
+		eventually(t, 20*time.Second, fmt.Sprintf("node-%d reading the replicated directory (JetStream up)", i+1), func() bool {
+			st := decode[struct {
+				Directory struct {
+					InSync bool `json:"in_sync"`
+				} `json:"directory"`
+			}](t, c.call("GET", "/api/v1/cluster", supervisor(), "", 200))
+			return st.Directory.InSync
+		})
+	}
+	return procs, files
 }
 
 // Issue 4's cross-node call: a sipp caller reaches node-1; ann, owned by node-2,
@@ -61,9 +83,9 @@ func TestCallAtOneNodeAnsweredByAgentOwnedByAnother(t *testing.T) {
 	procs := startCluster(t)
 	p1, p2 := procs[0], procs[1]
 	c1, c2 := newClient(t, p1.base), newClient(t, p2.base)
-	// ann cannot log in at node-1: node-2 owns her.
-	if st, _, body, _ := c1.try("POST", "/api/v1/agents/ann/login", agent("ann"), ""); st != 409 || !strings.Contains(string(body), "owned by node node-2") {
-		t.Fatalf("ann's login at node-1, which does not own her: %d %s", st, body)
+	// ann's state changes only at node-2, her owner.
+	if st, _, body, _ := c1.try("POST", "/api/v1/agents/ann/state", agent("ann"), `{"state":"ready"}`); st != 409 || !strings.Contains(string(body), "owned by node node-2") {
+		t.Fatalf("ann's state at node-1, which does not own her: %d %s", st, body)
 	}
 	uas := sippPhone(t, p2, "ann", "-sn", "uas")
 	c2.loginReady("sales", 1, "ann")
