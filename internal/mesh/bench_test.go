@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"sync"
@@ -98,4 +99,36 @@ func BenchmarkClusterReservations(b *testing.B) {
 			b.ReportMetric(float64(per*active)/time.Since(start).Seconds(), "reservations/s")
 		})
 	}
+}
+
+// BenchmarkAgentMove measures an ownership move: the agent logs in at the
+// other member (hand-over RPC, directory read and compare-and-swap on the
+// replicated R3 bucket, adoption), alternately at n2 and n1.
+//
+//	go test -run '^$' -bench AgentMove -benchtime 500x ./internal/mesh/
+func BenchmarkAgentMove(b *testing.B) {
+	nodes := startClusterB(b, []config.Agent{taskAgent("ann", "n1", 1)})
+	for _, n := range nodes {
+		for !n.mesh.DirectoryInSync() {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	n1, n2 := node(nodes, "n1"), node(nodes, "n2")
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		to := n2
+		if i%2 == 1 {
+			to = n1
+		}
+		start := time.Now()
+		if err := to.mesh.Claim(context.Background(), "ann"); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 }

@@ -56,6 +56,10 @@ type directory struct {
 	owners atomic.Pointer[map[core.AgentID]ownership]
 	kv     atomic.Pointer[kvHandle]
 
+	// moveMu orders changes of ownership with the adoptions and releases
+	// they cause (taken before mu).
+	moveMu sync.Mutex
+
 	mu      sync.Mutex
 	members []core.NodeID
 	agents  map[core.AgentID]config.Agent
@@ -255,6 +259,11 @@ func (m *Mesh) onDirectoryEntry(e jetstream.KeyValueEntry) {
 // is newer than the one known, caches the directory, and adopts or lets go of
 // the agent.
 func (m *Mesh) recordMove(id core.AgentID, o ownership) {
+	// Changes of the owners and the adoptions and releases they imply happen
+	// in one order: the watch and a claim racing must not let an older
+	// change's release undo a newer change's adoption.
+	m.dir.moveMu.Lock()
+	defer m.dir.moveMu.Unlock()
 	m.dir.mu.Lock()
 	cur, ok := m.dir.moved[id]
 	switch {
@@ -402,6 +411,8 @@ func (m *Mesh) handOff(id core.AgentID, to core.NodeID, fence uint64) error {
 	if fence > m.dir.get(id).Fence {
 		m.recordMove(id, ownership{Node: m.p.Node, Fence: fence}) // the claimer read the bucket first
 	}
+	m.dir.moveMu.Lock()
+	defer m.dir.moveMu.Unlock()
 	before := m.dir.get(id)
 	if before.Node != m.p.Node {
 		return fmt.Errorf("mesh: hand over %s: owned by %s: %w", id, before.Node, agent.ErrUnknownAgent)
@@ -411,6 +422,8 @@ func (m *Mesh) handOff(id core.AgentID, to core.NodeID, fence uint64) error {
 	}
 	m.logger.Info("mesh: agent handed over", "agent", id, "to", to)
 	time.AfterFunc(handoffGrace, func() {
+		m.dir.moveMu.Lock()
+		defer m.dir.moveMu.Unlock()
 		if m.dir.get(id) == before {
 			m.logger.Warn("mesh: handed-over agent not moved in the directory; taking her back", "agent", id, "to", to)
 			if err := m.p.Local.Adopt(m.dir.agent(id), before.Fence); err != nil {
@@ -424,6 +437,8 @@ func (m *Mesh) handOff(id core.AgentID, to core.NodeID, fence uint64) error {
 // SetAgents replaces the cluster's agents (a configuration change) and returns
 // those this node owns now.
 func (m *Mesh) SetAgents(agents []config.Agent) []config.Agent {
+	m.dir.moveMu.Lock()
+	defer m.dir.moveMu.Unlock()
 	m.dir.mu.Lock()
 	_, now := m.dir.setAgentsLocked(agents)
 	m.dir.mu.Unlock()

@@ -152,3 +152,27 @@ func TestStartAloneFromTheCachedDirectory(t *testing.T) {
 		t.Fatalf("corrupt cache: %v", err)
 	}
 }
+
+// Moves back and forth in quick succession: each node's watch and its own
+// claims race, and the releases of older moves must never undo the adoption
+// of a newer one — exactly the directory's owner holds the agent after each.
+func TestRapidMovesKeepOneHolder(t *testing.T) {
+	nodes := startCluster(t, []config.Agent{taskAgent("ann", "n1", 1)}, nil, nil)
+	inSync(t, nodes)
+	n1, n2 := node(nodes, "n1"), node(nodes, "n2")
+	for i := range 200 {
+		to := []*testNode{n2, n1}[i%2]
+		if err := to.mesh.Claim(context.Background(), "ann"); err != nil {
+			t.Fatalf("move %d to %s: %v", i, to.id, err)
+		}
+		if !slices.Contains(to.agents.IDs(), "ann") {
+			t.Fatalf("move %d: %s does not hold ann", i, to.id)
+		}
+	}
+	for _, n := range nodes {
+		eventually(t, string(n.id)+" agreeing on ann's owner", func() bool { return n.mesh.Owner("ann") == "n1" })
+	}
+	eventually(t, "only n1 holding ann", func() bool {
+		return slices.Contains(n1.agents.IDs(), "ann") && !slices.Contains(n2.agents.IDs(), "ann")
+	})
+}
