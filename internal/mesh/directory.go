@@ -177,7 +177,9 @@ func (m *Mesh) openBucket(ctx context.Context, kind string, history uint8) (jets
 		return nil, fmt.Errorf("mesh: JetStream: %w", err)
 	}
 	name := bucketName(m.p.Config.Name, kind)
-	warned := false
+	// A cluster elects its JetStream meta leader within seconds of its members
+	// meeting: say so quietly at first, loudly if it lasts.
+	told, warned, start := false, false, time.Now()
 	for wait := 200 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		kv, err := js.KeyValue(cctx, name)
@@ -186,13 +188,17 @@ func (m *Mesh) openBucket(ctx context.Context, kind string, history uint8) (jets
 		}
 		cancel()
 		if err == nil {
-			if warned {
-				m.logger.Info("mesh: replicated bucket open", "bucket", name)
+			if told {
+				m.logger.Info("mesh: replicated bucket open", "bucket", name, "after", time.Since(start).Round(time.Millisecond).String())
 			}
 			return kv, nil
 		}
-		if !warned {
-			m.logger.Warn("mesh: replicated bucket not available yet; retrying", "bucket", name, "err", err)
+		switch {
+		case !told:
+			m.logger.Info("mesh: replicated bucket not available yet (JetStream starting); retrying", "bucket", name, "err", err)
+			told = true
+		case !warned && time.Since(start) > 30*time.Second:
+			m.logger.Warn("mesh: replicated bucket still not available: moves and configuration changes wait (no JetStream quorum?)", "bucket", name, "err", err)
 			warned = true
 		}
 		select {

@@ -17,7 +17,6 @@ package mesh
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -33,6 +32,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 
 	"github.com/ccmesh/ccmesh/internal/agent"
 	"github.com/ccmesh/ccmesh/internal/config"
@@ -143,14 +143,19 @@ func New(p Params) (*Mesh, error) {
 		}
 	}
 	if url == "" {
-		srv, user, password, err := startServer(p.Config, p.Node, p.DataDir, p.Logger)
+		srv, user, err := startServer(p.Config, p.Node, p.DataDir, p.Logger)
 		if err != nil {
 			return nil, err
 		}
 		m.srv = srv
 		opts = append(opts, nats.InProcessServer(srv))
-		if user != "" {
-			opts = append(opts, nats.UserInfo(user, password))
+		if user != nil {
+			pub, err := user.PublicKey()
+			if err != nil {
+				m.Close()
+				return nil, fmt.Errorf("mesh: %w", err)
+			}
+			opts = append(opts, nats.Nkey(pub, user.Sign))
 		}
 	}
 	nc, err := nats.Connect(url, opts...)
@@ -168,29 +173,37 @@ func New(p Params) (*Mesh, error) {
 //
 // Without cfg.Listen the client port is still opened (the server starts its
 // routes only once a client listener is up: DontListen leaves them down), on
-// a random loopback port closed to anyone without this run's random
-// credentials, which it returns for the node's own connection.
-func startServer(cfg config.ClusterConfig, node core.NodeID, dataDir string, logger *slog.Logger) (srv *server.Server, user, password string, err error) {
+// a random loopback port closed to anyone without this run's random user key
+// (an nkey), which it returns for the node's own connection.
+func startServer(cfg config.ClusterConfig, node core.NodeID, dataDir string, logger *slog.Logger) (srv *server.Server, user nkeys.KeyPair, err error) {
 	if dataDir == "" {
-		return nil, "", "", errors.New("mesh: no data directory for JetStream")
+		return nil, nil, errors.New("mesh: no data directory for JetStream")
 	}
 	host, port, private := "127.0.0.1", server.RANDOM_PORT, cfg.Listen == ""
+	var nkeyUsers []*server.NkeyUser
 	if private {
-		user, password = "ccmesh-node", rand.Text()
+		if user, err = nkeys.CreateUser(); err != nil {
+			return nil, nil, fmt.Errorf("mesh: node key: %w", err)
+		}
+		pub, err := user.PublicKey()
+		if err != nil {
+			return nil, nil, fmt.Errorf("mesh: node key: %w", err)
+		}
+		nkeyUsers = []*server.NkeyUser{{Nkey: pub}}
 	} else {
 		if host, port, err = hostPort(cfg.Listen); err != nil {
-			return nil, "", "", fmt.Errorf("mesh: cluster.listen: %w", err)
+			return nil, nil, fmt.Errorf("mesh: cluster.listen: %w", err)
 		}
 	}
 	rhost, rport, err := hostPort(cfg.RoutesListen)
 	if err != nil {
-		return nil, "", "", fmt.Errorf("mesh: cluster.routes_listen: %w", err)
+		return nil, nil, fmt.Errorf("mesh: cluster.routes_listen: %w", err)
 	}
 	var routes []*url.URL
 	for _, r := range cfg.Peers {
 		u, err := url.Parse(r)
 		if err != nil {
-			return nil, "", "", fmt.Errorf("mesh: cluster.peers: %w", err)
+			return nil, nil, fmt.Errorf("mesh: cluster.peers: %w", err)
 		}
 		if cfg.RouteUser != "" && u.User == nil {
 			u.User = url.UserPassword(cfg.RouteUser, cfg.RoutePassword)
@@ -202,7 +215,7 @@ func startServer(cfg config.ClusterConfig, node core.NodeID, dataDir string, log
 		// a cluster (no peers yet) routes to itself, which the server ignores.
 		if rport == server.RANDOM_PORT {
 			if rport, err = freePort(rhost); err != nil {
-				return nil, "", "", fmt.Errorf("mesh: cluster.routes_listen: %w", err)
+				return nil, nil, fmt.Errorf("mesh: cluster.routes_listen: %w", err)
 			}
 		}
 		u := &url.URL{Scheme: "nats-route", Host: net.JoinHostPort(rhost, strconv.Itoa(rport))}
@@ -212,7 +225,7 @@ func startServer(cfg config.ClusterConfig, node core.NodeID, dataDir string, log
 		routes = append(routes, u)
 	}
 	opts := &server.Options{
-		ServerName: string(node), Host: host, Port: port, Username: user, Password: password, NoSigs: true,
+		ServerName: string(node), Host: host, Port: port, Nkeys: nkeyUsers, NoSigs: true,
 		// Route pings every 2 s, two missed: a silent peer's subscriptions go within
 		// ~6 s, so requests to it fail at once (no responders) rather than waiting
 		// out the request timeout (the default interval is far longer).
@@ -227,7 +240,7 @@ func startServer(cfg config.ClusterConfig, node core.NodeID, dataDir string, log
 	if t := cfg.TLS; t.Enabled() {
 		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: t.Cert, KeyFile: t.Key, CaFile: t.CA, Verify: true})
 		if err != nil {
-			return nil, "", "", fmt.Errorf("mesh: cluster.tls: %w", err)
+			return nil, nil, fmt.Errorf("mesh: cluster.tls: %w", err)
 		}
 		// Members are both TLS clients and servers of each other's routes: verify
 		// both ways against the same CA (as nats-server does for cluster blocks).
@@ -236,20 +249,20 @@ func startServer(cfg config.ClusterConfig, node core.NodeID, dataDir string, log
 	}
 	srv, err = server.NewServer(opts)
 	if err != nil {
-		return nil, "", "", fmt.Errorf("mesh: NATS server: %w", err)
+		return nil, nil, fmt.Errorf("mesh: NATS server: %w", err)
 	}
 	srv.SetLogger(natsLogger{logger.With("component", "nats")}, false, false)
 	go srv.Start()
 	if !srv.ReadyForConnections(10 * time.Second) {
 		srv.Shutdown()
-		return nil, "", "", errors.New("mesh: the embedded NATS server did not start within 10 s")
+		return nil, nil, errors.New("mesh: the embedded NATS server did not start within 10 s")
 	}
 	clients := srv.ClientURL()
 	if private {
 		clients = "private"
 	}
 	logger.Info("mesh: NATS server up", "clients", clients, "routes", srv.ClusterAddr().String())
-	return srv, user, password, nil
+	return srv, user, nil
 }
 
 func hostPort(addr string) (string, int, error) {
