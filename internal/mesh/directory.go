@@ -186,6 +186,9 @@ func (m *Mesh) openBucket(ctx context.Context, kind string, history uint8) (jets
 		if errors.Is(err, jetstream.ErrBucketNotFound) {
 			kv, err = js.CreateKeyValue(cctx, jetstream.KeyValueConfig{Bucket: name, History: history, Replicas: m.replicas()})
 		}
+		if err == nil {
+			kv, err = leaderReads(cctx, js, name)
+		}
 		cancel()
 		if err == nil {
 			if told {
@@ -207,6 +210,26 @@ func (m *Mesh) openBucket(ctx context.Context, kind string, history uint8) (jets
 		case <-time.After(wait):
 		}
 	}
+}
+
+// leaderReads reopens a bucket so that its reads go to the stream's leader.
+// KV buckets allow "direct" reads, which any replica answers — a follower
+// that lags answers an older revision, and a claim that read it would hand a
+// move to the wrong owner or believe an agent already its own. The stream is
+// switched to leader reads (another member creating the bucket at the same
+// moment may switch it back; each member's handle keeps what it opened with).
+func leaderReads(ctx context.Context, js jetstream.JetStream, bucket string) (jetstream.KeyValue, error) {
+	st, err := js.Stream(ctx, "KV_"+bucket)
+	if err != nil {
+		return nil, err
+	}
+	if cfg := st.CachedInfo().Config; cfg.AllowDirect {
+		cfg.AllowDirect = false
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			return nil, err
+		}
+	}
+	return js.KeyValue(ctx, bucket)
 }
 
 // runDirectory opens the directory bucket and applies every move it holds, then
