@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/ccmesh/ccmesh/internal/agent"
+	"github.com/ccmesh/ccmesh/internal/atomicfile"
 	"github.com/ccmesh/ccmesh/internal/config"
 	"github.com/ccmesh/ccmesh/internal/core"
 )
@@ -132,6 +133,9 @@ func (d *directory) load() error {
 	if err := json.Unmarshal(data, &moved); err != nil {
 		return fmt.Errorf("mesh: %s is corrupt (remove it to start from the configured owners): %w", d.path, err)
 	}
+	if moved == nil {
+		moved = map[core.AgentID]ownership{}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.moved = moved
@@ -139,7 +143,7 @@ func (d *directory) load() error {
 	return nil
 }
 
-// saveLocked writes the directory's moves atomically (temp file + rename).
+// saveLocked writes the directory's moves atomically.
 func (d *directory) saveLocked() error {
 	if d.path == "" {
 		return nil
@@ -148,11 +152,7 @@ func (d *directory) saveLocked() error {
 	if err != nil {
 		return err
 	}
-	tmp := d.path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return fmt.Errorf("mesh: save directory: %w", err)
-	}
-	if err := os.Rename(tmp, d.path); err != nil {
+	if err := atomicfile.WriteFile(d.path, data, 0o600); err != nil {
 		return fmt.Errorf("mesh: save directory: %w", err)
 	}
 	return nil

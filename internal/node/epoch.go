@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ccmesh/ccmesh/internal/atomicfile"
 )
 
 // nextEpoch returns this run's owner epoch: the current time in nanoseconds,
@@ -28,22 +30,7 @@ func nextEpoch(dir string, now time.Time) (uint64, error) {
 	case !os.IsNotExist(err):
 		return 0, fmt.Errorf("node: read epoch: %w", err)
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return 0, fmt.Errorf("node: write epoch: %w", err)
-	}
-	_, werr := fmt.Fprintln(f, epoch)
-	if serr := f.Sync(); werr == nil {
-		werr = serr
-	}
-	if cerr := f.Close(); werr == nil {
-		werr = cerr
-	}
-	if werr != nil {
-		return 0, fmt.Errorf("node: write epoch: %w", werr)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := atomicfile.WriteFile(path, []byte(strconv.FormatUint(epoch, 10)+"\n"), 0o600); err != nil {
 		return 0, fmt.Errorf("node: write epoch: %w", err)
 	}
 	return epoch, nil

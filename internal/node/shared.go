@@ -17,6 +17,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/ccmesh/ccmesh/internal/api"
+	"github.com/ccmesh/ccmesh/internal/atomicfile"
 	"github.com/ccmesh/ccmesh/internal/config"
 	"github.com/ccmesh/ccmesh/internal/core"
 	"github.com/ccmesh/ccmesh/internal/mesh"
@@ -62,7 +63,7 @@ func lastKnownGood(dataDir string) (rev uint64, data []byte, ok bool, err error)
 	return rev, data, true, nil
 }
 
-// saveLastKnownGood writes the copy atomically (temp file, fsync, rename).
+// saveLastKnownGood writes the copy atomically.
 func saveLastKnownGood(dataDir string, rev uint64, data []byte) error {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "%s%d\n# written %s; agents and queues here win over the configuration file's\n",
@@ -76,22 +77,7 @@ func saveLastKnownGood(dataDir string, rev uint64, data []byte) error {
 			b.WriteByte('\n')
 		}
 	}
-	path := filepath.Join(dataDir, sharedFile)
-	f, err := os.CreateTemp(dataDir, sharedFile+".*")
-	if err != nil {
-		return fmt.Errorf("node: save the configuration: %w", err)
-	}
-	defer os.Remove(f.Name())
-	if _, err = f.Write(b.Bytes()); err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dataDir, sharedFile), b.Bytes(), 0o600); err != nil {
 		return fmt.Errorf("node: save the configuration: %w", err)
 	}
 	return nil
