@@ -36,8 +36,8 @@ func configCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("config "+verb, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	url := fs.String("url", "http://127.0.0.1:8080", "the node's HTTP API")
-	token := fs.String("token", os.Getenv("CCMESH_TOKEN"), "an API token: supervisor or admin to show, admin to push (default $CCMESH_TOKEN)")
-	ifRev := fs.Uint64("if-revision", 0, "push only if the configuration in force is still at this revision")
+	token := fs.String("token", os.Getenv("CCMESH_TOKEN"), "an admin API token (default $CCMESH_TOKEN)")
+	ifRev := fs.Uint64("if-revision", 0, "push only if the latest revision is still this one (0: never changed)")
 	if err := fs.Parse(rest); err != nil {
 		return 2
 	}
@@ -75,7 +75,9 @@ func configCmd(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	headers := map[string]string{"Content-Type": "application/yaml"}
-	if *ifRev > 0 {
+	conditional := false
+	fs.Visit(func(f *flag.Flag) { conditional = conditional || f.Name == "if-revision" })
+	if conditional {
 		headers["If-Match"] = strconv.Quote(strconv.FormatUint(*ifRev, 10))
 	}
 	body, code := apiCall(stderr, "config push", "PUT", *url, "/api/v1/config/shared", *token, bytes.NewReader(data), headers)
@@ -83,11 +85,16 @@ func configCmd(args []string, stdout, stderr io.Writer) int {
 		return code
 	}
 	var res struct {
-		Revision uint64 `json:"revision"`
+		Revision    uint64 `json:"revision"`
+		AppliedHere bool   `json:"applied_here"`
 	}
 	if err := json.Unmarshal(body, &res); err != nil {
 		fmt.Fprintf(stderr, "ccmesh config push: bad answer: %v\n", err)
 		return 1
+	}
+	if !res.AppliedHere {
+		fmt.Fprintf(stdout, "configuration revision %d written; the node has not applied it yet (see its log)\n", res.Revision)
+		return 0
 	}
 	fmt.Fprintf(stdout, "configuration revision %d in force\n", res.Revision)
 	return 0

@@ -80,6 +80,10 @@ func (s *Server) moveError(w http.ResponseWriter, id core.AgentID, owner core.No
 	case errors.Is(err, mesh.ErrDirectoryUnavailable):
 		writeError(w, http.StatusServiceUnavailable, "directory_unavailable",
 			fmt.Sprintf("agent %s is owned by node %s and the cluster directory cannot record a move now: log in there, or retry", id, owner))
+	case errors.Is(err, agent.ErrUnknownAgent) && s.known(id):
+		// A configured agent unknown at the node asked: it no longer owned
+		// her (another move won).
+		writeError(w, http.StatusConflict, "move_conflict", fmt.Sprintf("agent %s moved meanwhile: try again", id))
 	case errors.Is(err, agent.ErrUnknownAgent):
 		writeError(w, http.StatusNotFound, "not_found", fmt.Sprintf("unknown agent %s", id))
 	default:
@@ -109,10 +113,11 @@ type SharedConfig interface {
 	// Shared is the revision in force.
 	Shared() SharedState
 	// PutShared validates YAML data and makes it the next revision
-	// (replicated in a cluster); with expect > 0 only if expect is still the
-	// latest. Errors: config.ErrInvalid, mesh.ErrConfigConflict,
+	// (replicated in a cluster); with conditional set, only if expect is
+	// still the latest. It returns the revision and whether this node applied
+	// it already. Errors: config.ErrInvalid, mesh.ErrConfigConflict,
 	// mesh.ErrConfigUnavailable.
-	PutShared(ctx context.Context, data []byte, expect uint64) (uint64, error)
+	PutShared(ctx context.Context, data []byte, expect uint64, conditional bool) (rev uint64, applied bool, err error)
 }
 
 // SharedState is the shared configuration in force at a node.
@@ -190,6 +195,12 @@ func New(p Params) *Server {
 	return s
 }
 
+// known reports whether id is a configured agent (of any owner).
+func (s *Server) known(id core.AgentID) bool {
+	_, ok := (*s.agents.Load())[id]
+	return ok
+}
+
 // SetAgents replaces the agents that may authenticate (a configuration change).
 func (s *Server) SetAgents(agents []config.Agent) {
 	m := make(map[core.AgentID]config.Agent, len(agents))
@@ -216,7 +227,7 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /api/v1/agents/{id}/state", s.auth(selfOrSupervisor, s.owned(s.setState)))
 	m.HandleFunc("GET /api/v1/registrations", s.auth(staff, s.listRegistrations))
 	m.HandleFunc("GET /api/v1/cluster", s.auth(staff, s.clusterStatus))
-	m.HandleFunc("GET /api/v1/config/shared", s.auth(staff, s.getShared))
+	m.HandleFunc("GET /api/v1/config/shared", s.auth(admin, s.getShared))
 	m.HandleFunc("PUT /api/v1/config/shared", s.auth(admin, s.putShared))
 	m.HandleFunc("GET /api/v1/queues", s.auth(anyone, s.listQueues))
 	m.HandleFunc("GET /api/v1/queues/{id}", s.auth(anyone, s.getQueue))

@@ -120,7 +120,7 @@ func (s *Server) getAgent(w http.ResponseWriter, r *http.Request) {
 				break
 			}
 		}
-		if _, known := (*s.agents.Load())[id]; err != nil && known {
+		if err != nil && s.known(id) {
 			// A configured agent whose owner has not been heard from: her
 			// owner is known, her state is not.
 			v, err = agent.View{ID: id, State: events.AgentState{State: "unknown", Presence: "unknown", Load: []events.ChannelLoad{}}}, nil
@@ -522,30 +522,38 @@ func nonNil[T any](s []T) []T {
 	return s
 }
 
-// getShared returns the shared configuration in force at this node.
+// getShared returns the shared configuration in force at this node (it holds
+// the agents' passwords: admins only).
 func (s *Server) getShared(w http.ResponseWriter, r *http.Request) {
 	if s.p.Shared == nil {
 		s.noRoute(w, r)
 		return
 	}
+	st := s.p.Shared.Shared()
+	w.Header().Set("ETag", strconv.Quote(strconv.FormatUint(st.Revision, 10)))
 	if r.URL.Query().Get("format") == "yaml" {
 		w.Header().Set("Content-Type", "application/yaml")
-		w.Header().Set("ETag", strconv.Quote(strconv.FormatUint(s.p.Shared.Shared().Revision, 10)))
-		_, _ = io.WriteString(w, s.p.Shared.Shared().YAML)
+		_, _ = io.WriteString(w, st.YAML)
 		return
 	}
-	writeJSON(w, http.StatusOK, s.p.Shared.Shared())
+	writeJSON(w, http.StatusOK, st)
 }
 
+// maxSharedConfig bounds a shared configuration: it travels as one NATS
+// message (1 MiB by default, headers included).
+const maxSharedConfig = 768 << 10
+
 // putShared makes the body (YAML: agents and queues) the next revision of the
-// shared configuration. If-Match: "<revision>" makes it conditional.
+// shared configuration. If-Match: "<revision>" makes it conditional ("0":
+// only if it was never changed).
 func (s *Server) putShared(w http.ResponseWriter, r *http.Request) {
 	if s.p.Shared == nil {
 		s.noRoute(w, r)
 		return
 	}
 	var expect uint64
-	if m := r.Header.Get("If-Match"); m != "" {
+	m := r.Header.Get("If-Match")
+	if m != "" {
 		n, err := strconv.ParseUint(strings.Trim(m, `"`), 10, 64)
 		if err != nil {
 			writeError(w, http.StatusBadRequest, "bad_request", `If-Match must be a revision in quotes, e.g. "12"`)
@@ -553,15 +561,20 @@ func (s *Server) putShared(w http.ResponseWriter, r *http.Request) {
 		}
 		expect = n
 	}
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-	if err != nil {
-		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("the configuration exceeds %d bytes", maxBody))
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxSharedConfig))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		writeError(w, http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("the configuration exceeds %d bytes", maxSharedConfig))
+		return
+	case err != nil:
+		writeError(w, http.StatusBadRequest, "bad_request", "reading the body: "+err.Error())
 		return
 	}
-	rev, err := s.p.Shared.PutShared(r.Context(), data, expect)
+	rev, applied, err := s.p.Shared.PutShared(r.Context(), data, expect, m != "")
 	switch {
 	case err == nil:
-		writeJSON(w, http.StatusOK, map[string]uint64{"revision": rev})
+		writeJSON(w, http.StatusOK, map[string]any{"revision": rev, "applied_here": applied})
 	case errors.Is(err, config.ErrInvalid):
 		writeError(w, http.StatusUnprocessableEntity, "invalid_config", err.Error())
 	case errors.Is(err, mesh.ErrConfigConflict):

@@ -232,33 +232,79 @@ func leaderReads(ctx context.Context, js jetstream.JetStream, bucket string) (je
 	return js.KeyValue(ctx, bucket)
 }
 
-// runDirectory opens the directory bucket and applies every move it holds, then
-// every new one, until ctx ends.
+// runDirectory opens the directory bucket and follows it until ctx ends: the
+// entries it holds replace the cached ones (the bucket is the truth, whatever
+// the cache's fences), then every new entry is applied. A watch that fails is
+// started again, with the same full resync.
 func (m *Mesh) runDirectory(ctx context.Context) {
 	kv, err := m.openBucket(ctx, "directory", 1)
 	if err != nil {
 		return
 	}
-	w, err := kv.WatchAll(ctx)
-	if err != nil {
-		m.logger.Error("mesh: watch the directory", "err", err)
-		return
-	}
-	defer func() { _ = w.Stop() }()
-	for {
+	for wait := 500 * time.Millisecond; ctx.Err() == nil; wait = min(2*wait, 10*time.Second) {
+		err := m.watchDirectory(ctx, kv)
+		if ctx.Err() != nil {
+			return
+		}
+		m.logger.Warn("mesh: directory watch ended; watching again", "err", err, "in", wait.String())
 		select {
 		case <-ctx.Done():
 			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// watchDirectory follows the bucket until the watch ends.
+func (m *Mesh) watchDirectory(ctx context.Context, kv jetstream.KeyValue) error {
+	w, err := kv.WatchAll(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = w.Stop() }()
+	entries, err := m.currentEntries(ctx, w)
+	if err != nil {
+		return err
+	}
+	m.resetMoves(entries)
+	m.dir.kv.Store(&kvHandle{kv})
+	m.logger.Info("mesh: directory in sync", "moved", m.movedCount())
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
 		case e, ok := <-w.Updates():
 			if !ok {
-				return
+				return errors.New("updates closed")
 			}
-			if e == nil { // the current entries have all been delivered
-				m.dir.kv.Store(&kvHandle{kv})
-				m.logger.Info("mesh: directory in sync", "moved", m.movedCount())
+			if e == nil {
 				continue
 			}
-			m.onDirectoryEntry(e)
+			if o, ok := m.parseEntry(e); ok {
+				m.recordMove(core.AgentID(e.Key()), o)
+			}
+		}
+	}
+}
+
+// currentEntries reads a new watch's first part: the bucket's current
+// entries, up to the marker that ends them.
+func (m *Mesh) currentEntries(ctx context.Context, w jetstream.KeyWatcher) (map[core.AgentID]ownership, error) {
+	entries := map[core.AgentID]ownership{}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case e, ok := <-w.Updates():
+			switch {
+			case !ok:
+				return nil, errors.New("updates closed")
+			case e == nil:
+				return entries, nil
+			}
+			if o, ok := m.parseEntry(e); ok && o.Node != "" {
+				entries[core.AgentID(e.Key())] = o
+			}
 		}
 	}
 }
@@ -269,19 +315,34 @@ func (m *Mesh) movedCount() int {
 	return len(m.dir.moved)
 }
 
-// onDirectoryEntry applies one entry of the directory bucket.
-func (m *Mesh) onDirectoryEntry(e jetstream.KeyValueEntry) {
-	id := core.AgentID(e.Key())
-	if e.Operation() != jetstream.KeyValuePut { // deleted or purged: back to the configured owner
-		m.recordMove(id, ownership{})
-		return
+// parseEntry reads one entry of the directory bucket: an owner and its
+// fence, or the zero ownership for a deleted entry (back to the configured
+// owner). A malformed entry is logged and skipped.
+func (m *Mesh) parseEntry(e jetstream.KeyValueEntry) (ownership, bool) {
+	if e.Operation() != jetstream.KeyValuePut {
+		return ownership{}, true
 	}
 	var v dirValue
 	if err := json.Unmarshal(e.Value(), &v); err != nil || v.Owner == "" {
-		m.logger.Warn("mesh: bad directory entry ignored", "agent", id, "err", err)
-		return
+		m.logger.Warn("mesh: bad directory entry ignored", "agent", e.Key(), "err", err)
+		return ownership{}, false
 	}
-	m.recordMove(id, ownership{Node: v.Owner, Fence: e.Revision()})
+	return ownership{Node: v.Owner, Fence: e.Revision()}, true
+}
+
+// resetMoves makes the bucket's entries the directory, replacing what the
+// cache said (entries it lacks, fences from a bucket since re-created).
+func (m *Mesh) resetMoves(entries map[core.AgentID]ownership) {
+	m.dir.moveMu.Lock()
+	defer m.dir.moveMu.Unlock()
+	m.dir.mu.Lock()
+	m.dir.moved = entries
+	old, now := m.dir.rebuildLocked()
+	if err := m.dir.saveLocked(); err != nil {
+		m.logger.Warn("mesh: directory not cached", "err", err)
+	}
+	m.dir.mu.Unlock()
+	m.reconcile(old, now)
 }
 
 // recordMove applies a directory entry (zero: none, the configured owner) if it
@@ -340,20 +401,43 @@ func (m *Mesh) reconcile(old, now map[core.AgentID]ownership) {
 	}
 }
 
-// letGo stops owning an agent that moved away.
+// letGo stops owning an agent that moved away. One still holding work here
+// (taken over while this node did not answer) is made not ready — no new
+// offers — and let go once her work ends: calls in progress are not cut.
 func (m *Mesh) letGo(id core.AgentID, cause string) {
 	err := m.p.Local.Detach(id, cause)
 	if errors.Is(err, agent.ErrAgentBusy) {
-		m.logger.Warn("mesh: agent moved away while busy here; revoking her leases", "agent", id)
-		if err = m.p.Local.Logout(id, true); err == nil {
-			err = m.p.Local.Detach(id, cause)
+		m.logger.Warn("mesh: agent moved away while busy here; no new offers, let go when her work ends", "agent", id)
+		if err := m.p.Local.SetNotReady(id, cause); err != nil {
+			m.logger.Warn("mesh: stop offers to an agent that moved away", "agent", id, "err", err)
 		}
+		go m.letGoWhenFree(id, cause)
+		return
 	}
 	if err != nil && !errors.Is(err, agent.ErrUnknownAgent) {
 		m.logger.Error("mesh: let go of an agent that moved away", "agent", id, "err", err)
 		return
 	}
 	m.logger.Info("mesh: agent moved away", "agent", id, "to", m.dir.get(id).Node)
+}
+
+// letGoWhenFree detaches an agent that moved away once her work here ends,
+// unless she moves back meanwhile.
+func (m *Mesh) letGoWhenFree(id core.AgentID, cause string) {
+	for !m.nc.IsClosed() {
+		time.Sleep(500 * time.Millisecond)
+		m.dir.moveMu.Lock()
+		if m.dir.get(id).Node == m.p.Node {
+			m.dir.moveMu.Unlock()
+			return
+		}
+		err := m.p.Local.Detach(id, cause)
+		m.dir.moveMu.Unlock()
+		if !errors.Is(err, agent.ErrAgentBusy) {
+			m.logger.Info("mesh: agent that moved away let go after her work ended", "agent", id, "err", err)
+			return
+		}
+	}
 }
 
 func (d *directory) agent(id core.AgentID) config.Agent {
@@ -399,10 +483,12 @@ func (m *Mesh) Claim(ctx context.Context, id core.AgentID) error {
 	if cur.Node == m.p.Node {
 		return nil
 	}
-	r, err := m.call(cur.Node, request{Op: opHandoff, Agent: id, Fence: cur.Fence})
+	// Asked even if it just missed another request, and given longer than a
+	// reservation: taking an agent over is not to be done on a hiccup.
+	r, err := m.request(cur.Node, request{Op: opHandoff, Agent: id, Fence: cur.Fence}, max(m.timeout, handoffTimeout), false)
 	switch {
 	case errors.Is(err, ErrOwnerUnreachable):
-		m.logger.Warn("mesh: the agent's owner does not answer; taking her over", "agent", id, "owner", cur.Node)
+		m.logger.Warn("mesh: the agent's owner does not answer; taking her over", "agent", id, "owner", cur.Node, "err", err)
 	case err != nil:
 		return fmt.Errorf("mesh: move %s here: %w", id, err)
 	default:
@@ -431,26 +517,42 @@ func (m *Mesh) Claim(ctx context.Context, id core.AgentID) error {
 }
 
 // handoffGrace is how long an owner that handed an agent over waits to see the
-// move in the directory before taking her back (the claimer failed to write it).
+// move in the directory before it asks the bucket and takes her back if the
+// move never happened (the claimer failed to write it).
 const handoffGrace = 5 * time.Second
 
-// handOff is the owner's side of a move: the agent is let go unless busy; if
-// the directory does not show her moved within handoffGrace, she is taken back.
+// handoffTimeout is the least a claimer waits for the owner's hand-over.
+const handoffTimeout = 2 * time.Second
+
+// handOff is the owner's side of a move: the claimer read the directory at
+// fence; the owner agrees only if it owns the agent at exactly that fence —
+// checked with the bucket when its own copy differs, never taken on the
+// claimer's word — and she holds no work here. She is let go at once; if the
+// bucket does not show her moved within handoffGrace, she is taken back.
 func (m *Mesh) handOff(id core.AgentID, to core.NodeID, fence uint64) error {
-	if fence > m.dir.get(id).Fence {
-		m.recordMove(id, ownership{Node: m.p.Node, Fence: fence}) // the claimer read the bucket first
+	if m.dir.get(id) != (ownership{Node: m.p.Node, Fence: fence}) {
+		if err := m.syncEntry(id); err != nil {
+			return err
+		}
 	}
 	m.dir.moveMu.Lock()
 	defer m.dir.moveMu.Unlock()
 	before := m.dir.get(id)
-	if before.Node != m.p.Node {
-		return fmt.Errorf("mesh: hand over %s: owned by %s: %w", id, before.Node, agent.ErrUnknownAgent)
+	if before != (ownership{Node: m.p.Node, Fence: fence}) {
+		return fmt.Errorf("mesh: hand over %s at fence %d: the directory says %s at %d: %w", id, fence, before.Node, before.Fence, ErrMoveConflict)
 	}
 	if err := m.p.Local.Detach(id, "moved"); err != nil {
 		return err
 	}
 	m.logger.Info("mesh: agent handed over", "agent", id, "to", to)
 	time.AfterFunc(handoffGrace, func() {
+		if m.nc.IsClosed() || m.dir.get(id) != before {
+			return
+		}
+		if err := m.syncEntry(id); err != nil {
+			m.logger.Warn("mesh: check a hand-over in the directory", "agent", id, "err", err)
+			return // the watch will tell
+		}
 		m.dir.moveMu.Lock()
 		defer m.dir.moveMu.Unlock()
 		if m.dir.get(id) == before {
@@ -463,21 +565,52 @@ func (m *Mesh) handOff(id core.AgentID, to core.NodeID, fence uint64) error {
 	return nil
 }
 
-// SetAgents replaces the cluster's agents (a configuration change) and returns
-// those this node owns now.
-func (m *Mesh) SetAgents(agents []config.Agent) []config.Agent {
+// syncEntry reads an agent's directory entry at the bucket's leader and
+// applies it (if newer than this node's).
+func (m *Mesh) syncEntry(id core.AgentID) error {
+	h := m.dir.kv.Load()
+	if h == nil {
+		return fmt.Errorf("mesh: read the directory: %w", ErrDirectoryUnavailable)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	e, err := h.kv.Get(ctx, string(id))
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		m.recordMove(id, ownership{})
+	case err != nil:
+		return fmt.Errorf("mesh: read the directory: %w: %w", ErrDirectoryUnavailable, err)
+	default:
+		if o, ok := m.parseEntry(e); ok {
+			m.recordMove(id, o)
+		}
+	}
+	return nil
+}
+
+// SetAgents replaces the cluster's agents (a configuration change): apply
+// receives those this node owns now (for its agent manager), with no move
+// applied in between, and the agents that moved here keep their fences.
+func (m *Mesh) SetAgents(agents []config.Agent, apply func(owned []config.Agent)) {
 	m.dir.moveMu.Lock()
 	defer m.dir.moveMu.Unlock()
 	m.dir.mu.Lock()
 	_, now := m.dir.setAgentsLocked(agents)
 	m.dir.mu.Unlock()
-	var out []config.Agent
+	var owned []config.Agent
 	for _, a := range agents {
 		if now[a.ID].Node == m.p.Node {
-			out = append(out, a)
+			owned = append(owned, a)
 		}
 	}
-	return out
+	apply(owned)
+	for _, a := range owned {
+		if f := now[a.ID].Fence; f > 0 {
+			if err := m.p.Local.Adopt(a, f); err != nil {
+				m.logger.Error("mesh: keep a moved agent's fence", "agent", a.ID, "err", err)
+			}
+		}
+	}
 }
 
 // DirectoryInSync reports whether this node has read the replicated directory

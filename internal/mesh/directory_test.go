@@ -178,3 +178,65 @@ func TestRapidMovesKeepOneHolder(t *testing.T) {
 		return slices.Contains(n1.agents.IDs(), "ann") && !slices.Contains(n2.agents.IDs(), "ann")
 	})
 }
+
+// A hand-over is agreed only at the fence the owner itself holds (checked
+// with the bucket), never on the claimer's word: a forged or stale fence is a
+// conflict and changes nothing.
+func TestHandoffAtAnotherFenceIsRefused(t *testing.T) {
+	nodes := startCluster(t, []config.Agent{taskAgent("mia", "n1", 1)}, nil, nil)
+	n1, n2 := node(nodes, "n1"), node(nodes, "n2")
+	inSync(t, nodes)
+	for _, fence := range []uint64{1 << 62, 7} {
+		r, err := n2.mesh.call("n1", request{Op: opHandoff, Agent: "mia", Fence: fence})
+		must(t, err)
+		if err := r.err("mia"); !errors.Is(err, ErrMoveConflict) {
+			t.Fatalf("hand-over at fence %d: %v", fence, err)
+		}
+	}
+	if o := n1.mesh.dir.get("mia"); o != (ownership{Node: "n1"}) || !slices.Contains(n1.agents.IDs(), "mia") {
+		t.Fatalf("after refused hand-overs: %+v, n1 holds %v", o, n1.agents.IDs())
+	}
+}
+
+// An owner that learns its agent moved away while she is on a call does not
+// cut the call: no new offers, and she is let go when her work ends.
+func TestAgentMovedAwayWhileBusyKeepsHerWork(t *testing.T) {
+	nodes := startCluster(t, []config.Agent{taskAgent("max", "n1", 1)}, nil, nil)
+	n1, n3 := node(nodes, "n1"), node(nodes, "n3")
+	inSync(t, nodes)
+	ready(t, n1, "max")
+	g, err := n3.mesh.Reserve(agent.ReserveRequest{Agent: "max", Interaction: "ix-1", Channel: core.ChannelTask, TTL: time.Minute})
+	must(t, err)
+	must(t, n3.mesh.Accept(g.Token))
+	// n2 takes her over as if n1 had not answered (the move n1 then sees).
+	n1.mesh.recordMove("max", ownership{Node: "n2", Fence: 1 << 40})
+	v, err := n1.agents.Snapshot("max")
+	if err != nil || v.State.State != string(agent.StateBusy) || v.State.Presence != "not_ready" {
+		t.Fatalf("max at n1 after the move: %+v %v", v.State, err)
+	}
+	must(t, n3.mesh.Complete(g.Token, 0))
+	eventually(t, "n1 letting max go once her work ended", func() bool { return !slices.Contains(n1.agents.IDs(), "max") })
+}
+
+// The bucket is the truth at sync: cached moves it lacks are dropped, and
+// fences from a bucket since re-created do not outrank its revisions.
+func TestSyncReplacesTheCachedDirectory(t *testing.T) {
+	nodes := startCluster(t, []config.Agent{taskAgent("mia", "n1", 1), taskAgent("max", "n2", 1)}, nil, nil)
+	n1 := node(nodes, "n1")
+	inSync(t, nodes)
+	n1.mesh.resetMoves(map[core.AgentID]ownership{"max": {Node: "n1", Fence: 1 << 40}}) // a stale cache
+	if !slices.Contains(n1.agents.IDs(), "max") {
+		t.Fatal("the stale entry was not applied")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	w, err := n1.mesh.dir.kv.Load().kv.WatchAll(ctx)
+	must(t, err)
+	defer func() { _ = w.Stop() }()
+	entries, err := n1.mesh.currentEntries(ctx, w)
+	must(t, err)
+	n1.mesh.resetMoves(entries)
+	if o := n1.mesh.dir.get("max"); o != (ownership{Node: "n2"}) || slices.Contains(n1.agents.IDs(), "max") {
+		t.Fatalf("after a sync with the bucket: %+v, n1 holds %v", o, n1.agents.IDs())
+	}
+}

@@ -260,6 +260,9 @@ func startServer(cfg config.ClusterConfig, node core.NodeID, dataDir string, log
 	clients := srv.ClientURL()
 	if private {
 		clients = "private"
+	} else {
+		logger.Warn("mesh: cluster.listen opens a NATS client port without authentication: whoever reaches it can read and change the cluster's replicated state (agents' passwords included); keep it on loopback for trusted tools",
+			"clients", clients)
 	}
 	logger.Info("mesh: NATS server up", "clients", clients, "routes", srv.ClusterAddr().String())
 	return srv, user, nil

@@ -75,6 +75,8 @@ var errCodes = map[string]error{
 	"logged_out":    agent.ErrLoggedOut,
 	"bad_token":     agent.ErrBadToken,
 	"agent_busy":    agent.ErrAgentBusy,
+	"move_conflict": ErrMoveConflict,
+	"no_directory":  ErrDirectoryUnavailable,
 }
 
 func encodeErr(err error) reply {
@@ -105,6 +107,12 @@ func (r reply) err(id core.AgentID) error {
 // call sends req to node and decodes its reply; no answer within the request
 // timeout is ErrOwnerUnreachable.
 func (m *Mesh) call(node core.NodeID, req request) (reply, error) {
+	return m.request(node, req, m.timeout, true)
+}
+
+// request is call with its own timeout; skipDown false asks even a member
+// that did not answer just before.
+func (m *Mesh) request(node core.NodeID, req request, timeout time.Duration, skipDown bool) (reply, error) {
 	req.From = m.p.Node
 	data, err := json.Marshal(req)
 	if err != nil {
@@ -116,10 +124,10 @@ func (m *Mesh) call(node core.NodeID, req request) (reply, error) {
 	m.mu.Lock()
 	until := m.downUntil[node]
 	m.mu.Unlock()
-	if time.Now().Before(until) {
+	if skipDown && time.Now().Before(until) {
 		return reply{}, fmt.Errorf("mesh: %s to %s: %w (did not answer just before)", req.Op, node, ErrOwnerUnreachable)
 	}
-	msg, err := m.nc.Request(m.subject("rpc", node), data, m.timeout)
+	msg, err := m.nc.Request(m.subject("rpc", node), data, timeout)
 	if err != nil {
 		if errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) {
 			m.mu.Lock()

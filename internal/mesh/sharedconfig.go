@@ -33,41 +33,56 @@ type sharedConfig struct {
 }
 
 // runSharedConfig watches the replicated configuration and hands every
-// revision to Params.OnSharedConfig, until ctx ends.
+// revision to Params.OnSharedConfig, until ctx ends; a watch that fails is
+// started again (the latest revision comes first, and the node skips the
+// revisions it has).
 func (m *Mesh) runSharedConfig(ctx context.Context) {
 	kv, err := m.openBucket(ctx, "config", configHistory)
 	if err != nil {
 		return
 	}
+	for wait := 500 * time.Millisecond; ctx.Err() == nil; wait = min(2*wait, 10*time.Second) {
+		err := m.watchSharedConfig(ctx, kv)
+		if ctx.Err() != nil {
+			return
+		}
+		m.logger.Warn("mesh: configuration watch ended; watching again", "err", err, "in", wait.String())
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (m *Mesh) watchSharedConfig(ctx context.Context, kv jetstream.KeyValue) error {
 	w, err := kv.Watch(ctx, sharedKey)
 	if err != nil {
-		m.logger.Error("mesh: watch the replicated configuration", "err", err)
-		return
+		return err
 	}
 	defer func() { _ = w.Stop() }()
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return ctx.Err()
 		case e, ok := <-w.Updates():
-			if !ok {
-				return
-			}
-			if e == nil {
+			switch {
+			case !ok:
+				return errors.New("updates closed")
+			case e == nil:
 				m.shared.kv.Store(&kvHandle{kv})
-				continue
-			}
-			if e.Operation() == jetstream.KeyValuePut && m.p.OnSharedConfig != nil {
+			case e.Operation() == jetstream.KeyValuePut && m.p.OnSharedConfig != nil:
 				m.p.OnSharedConfig(e.Revision(), e.Value())
 			}
 		}
 	}
 }
 
-// PutSharedConfig writes a new revision of the shared configuration; with
-// expect > 0 only if expect is still the latest revision (compare-and-swap).
-// The caller validates data first. It returns the new revision.
-func (m *Mesh) PutSharedConfig(ctx context.Context, data []byte, expect uint64) (uint64, error) {
+// PutSharedConfig writes a new revision of the shared configuration. With
+// conditional set, only if expect is still the latest revision (0: none
+// written yet) — a compare-and-swap. The caller validates data first. It
+// returns the new revision.
+func (m *Mesh) PutSharedConfig(ctx context.Context, data []byte, expect uint64, conditional bool) (uint64, error) {
 	h := m.shared.kv.Load()
 	if h == nil {
 		return 0, fmt.Errorf("mesh: write the configuration: %w", ErrConfigUnavailable)
@@ -76,10 +91,13 @@ func (m *Mesh) PutSharedConfig(ctx context.Context, data []byte, expect uint64) 
 	defer cancel()
 	var rev uint64
 	var err error
-	if expect > 0 {
-		rev, err = h.kv.Update(cctx, sharedKey, data, expect)
-	} else {
+	switch {
+	case !conditional:
 		rev, err = h.kv.Put(cctx, sharedKey, data)
+	case expect == 0:
+		rev, err = h.kv.Create(cctx, sharedKey, data)
+	default:
+		rev, err = h.kv.Update(cctx, sharedKey, data, expect)
 	}
 	if err != nil {
 		if isCASConflict(err) {

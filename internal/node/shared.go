@@ -46,6 +46,13 @@ type shared struct {
 	cfg    *config.Config
 }
 
+// current is the configuration in force.
+func (s *shared) current() *config.Config {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cfg
+}
+
 // lastKnownGood reads the copy kept by a previous run. No copy: ok is false.
 func lastKnownGood(dataDir string) (rev uint64, data []byte, ok bool, err error) {
 	data, err = os.ReadFile(filepath.Join(dataDir, sharedFile))
@@ -121,39 +128,40 @@ func (n *Node) Shared() api.SharedState {
 // PutShared validates data against this node's configuration and makes it the
 // next revision: written to the replicated bucket in a cluster (every member,
 // this one included, applies it from there; PutShared waits briefly for this
-// node to), applied at once alone (api.SharedConfig).
-func (n *Node) PutShared(ctx context.Context, data []byte, expect uint64) (uint64, error) {
-	c, err := n.validShared(data)
+// node to, and says whether it did), applied at once alone (api.SharedConfig).
+func (n *Node) PutShared(ctx context.Context, data []byte, expect uint64, conditional bool) (uint64, bool, error) {
+	c, err := n.validShared(data, n.shared.current())
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	if n.mesh != nil {
-		rev, err := n.mesh.PutSharedConfig(ctx, data, expect)
+		rev, err := n.mesh.PutSharedConfig(ctx, data, expect, conditional)
 		if err != nil {
-			return 0, err
+			return 0, false, err
 		}
 		for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 			if n.Shared().Revision >= rev {
-				break
+				return rev, true, nil
 			}
 		}
-		return rev, nil
+		return rev, false, nil
 	}
 	n.shared.mu.Lock()
 	defer n.shared.mu.Unlock()
-	if expect > 0 && expect != n.shared.rev {
-		return 0, fmt.Errorf("node: configuration at revision %d, not %d: %w", n.shared.rev, expect, mesh.ErrConfigConflict)
+	if conditional && expect != n.shared.rev {
+		return 0, false, fmt.Errorf("node: configuration at revision %d, not %d: %w", n.shared.rev, expect, mesh.ErrConfigConflict)
 	}
 	rev := n.shared.rev + 1
 	if err := n.applySharedLocked(rev, data, c, "local"); err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	return rev, nil
+	return rev, true, nil
 }
 
 // validShared parses and validates a shared configuration against this
-// node's own; errors wrap config.ErrInvalid.
-func (n *Node) validShared(data []byte) (*config.Config, error) {
+// node's own, and (in a cluster) against cur, the one in force; errors wrap
+// config.ErrInvalid.
+func (n *Node) validShared(data []byte, cur *config.Config) (*config.Config, error) {
 	sc, err := config.ParseShared(data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", config.ErrInvalid, err)
@@ -162,7 +170,28 @@ func (n *Node) validShared(data []byte) (*config.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", config.ErrInvalid, err)
 	}
+	if n.mesh != nil {
+		if err := sameOwners(cur, c); err != nil {
+			return nil, fmt.Errorf("%w: %w", config.ErrInvalid, err)
+		}
+	}
 	return c, nil
+}
+
+// sameOwners refuses a document that changes the configured owner of an
+// existing agent (her home): both owners would speak for her at fence 0 and
+// the views could not tell which is current. Moving an agent is a login at
+// the new node (ADR 0006).
+func sameOwners(old, c *config.Config) error {
+	before := mesh.Owners(old.Cluster.Members, old.Agents)
+	after := mesh.Owners(c.Cluster.Members, c.Agents)
+	for i, a := range c.Agents {
+		if was, ok := before[a.ID]; ok && was != after[a.ID] {
+			return fmt.Errorf("agents[%d].home: agent %s's configured owner would change from %s to %s at run time; log her in at %s instead (that moves her)",
+				i, a.ID, was, after[a.ID], after[a.ID])
+		}
+	}
+	return nil
 }
 
 // onReplicated applies a revision of the replicated configuration (the mesh's
@@ -173,9 +202,15 @@ func (n *Node) onReplicated(rev uint64, data []byte) {
 	n.shared.mu.Lock()
 	defer n.shared.mu.Unlock()
 	if rev <= n.shared.rev {
+		if rev < n.shared.rev && !bytes.Equal(data, n.shared.data) {
+			// A bucket re-created since this node's copy was saved: its
+			// revisions start again. Say so rather than ignore it silently.
+			n.logger.Warn("replicated configuration older than the one in force; keeping ours (push a new revision to settle it)",
+				"revision", rev, "in_force", n.shared.rev)
+		}
 		return
 	}
-	c, err := n.validShared(data)
+	c, err := n.validShared(data, n.shared.cfg)
 	if err == nil {
 		err = n.applySharedLocked(rev, data, c, "replicated")
 	}
@@ -212,21 +247,25 @@ func (n *Node) reconfigure(c *config.Config) error {
 			return err
 		}
 	}
-	owned := c.Agents
-	if n.mesh != nil {
-		owned = n.mesh.SetAgents(c.Agents)
-	}
-	if removed := n.agents.Reconfigure(owned); len(removed) > 0 {
-		n.logger.Info("agents removed by the configuration", "agents", removed)
-	}
-	// The router first: a queue added is known to it before interactions
-	// arrive for it; interactions waiting in a removed queue end.
+	// The router first: it validates before it changes anything, and a queue
+	// added is known to it before interactions arrive for it.
 	dropped, err := n.router.Reconfigure(c.Queues, c.Agents)
 	if err != nil {
 		return fmt.Errorf("node: %w", err)
 	}
 	if err := n.ix.Reconfigure(c.Queues); err != nil {
+		// Business hours were validated with the document: not expected.
 		return fmt.Errorf("node: %w", err)
+	}
+	owners := func(owned []config.Agent) {
+		if removed := n.agents.Reconfigure(owned); len(removed) > 0 {
+			n.logger.Info("agents removed by the configuration", "agents", removed)
+		}
+	}
+	if n.mesh != nil {
+		n.mesh.SetAgents(c.Agents, owners) // no move in between
+	} else {
+		owners(c.Agents)
 	}
 	n.ix.QueueRemoved(dropped)
 	if n.sip != nil {

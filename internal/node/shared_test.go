@@ -51,7 +51,7 @@ func TestSharedConfigurationAlone(t *testing.T) {
 	if st := n.Shared(); st.Revision != 0 || st.Source != "file" || !strings.Contains(st.YAML, "id: ann") {
 		t.Fatalf("at start: %+v", st)
 	}
-	if _, err := n.PutShared(context.Background(), []byte("agents: []\nqueues: [{id: q}]\nfoo: 1\n"), 0); !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), "foo") {
+	if _, _, err := n.PutShared(context.Background(), []byte("agents: []\nqueues: [{id: q}]\nfoo: 1\n"), 0, false); !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), "foo") {
 		t.Fatalf("bad document: %v", err)
 	}
 	var doc map[string]any
@@ -64,8 +64,8 @@ func TestSharedConfigurationAlone(t *testing.T) {
 	if _, _, err := n.ix.Create(interaction.CreateRequest{Channel: core.ChannelTask, Queue: "vip"}); err == nil {
 		t.Fatal("a queue not configured yet took an interaction")
 	}
-	rev, err := n.PutShared(context.Background(), data, 0)
-	if err != nil || rev != 1 {
+	rev, applied, err := n.PutShared(context.Background(), data, 0, true)
+	if err != nil || rev != 1 || !applied {
 		t.Fatalf("put: %d %v", rev, err)
 	}
 	if _, _, err := n.ix.Create(interaction.CreateRequest{Channel: core.ChannelTask, Queue: "vip"}); err != nil {
@@ -74,7 +74,10 @@ func TestSharedConfigurationAlone(t *testing.T) {
 	if _, ok := n.agents.Config("zed"); !ok {
 		t.Fatal("the new agent is not owned")
 	}
-	if _, err := n.PutShared(context.Background(), data, 7); !errors.Is(err, mesh.ErrConfigConflict) {
+	if _, _, err := n.PutShared(context.Background(), data, 0, true); !errors.Is(err, mesh.ErrConfigConflict) {
+		t.Fatalf("a second change based on revision 0: %v", err)
+	}
+	if _, _, err := n.PutShared(context.Background(), data, 7, true); !errors.Is(err, mesh.ErrConfigConflict) {
 		t.Fatalf("stale revision: %v", err)
 	}
 	saved, err := os.ReadFile(filepath.Join(dir, sharedFile))
@@ -82,7 +85,7 @@ func TestSharedConfigurationAlone(t *testing.T) {
 		t.Fatalf("last-known-good copy: %v\n%s", err, saved)
 	}
 	// Saved again: one header, not two.
-	if _, err := n.PutShared(context.Background(), []byte(n.Shared().YAML), 1); err != nil {
+	if _, _, err := n.PutShared(context.Background(), []byte(n.Shared().YAML), 1, true); err != nil {
 		t.Fatal(err)
 	}
 	saved, _ = os.ReadFile(filepath.Join(dir, sharedFile))

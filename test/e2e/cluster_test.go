@@ -11,9 +11,10 @@ import (
 var routesRE = regexp.MustCompile(`msg="mesh: NATS server up".* routes=([0-9.]+:[0-9]+)`)
 
 // clusterYAML is the cluster section of a member of node-1..node-3 whose
-// embedded NATS listens on free ports and routes to seed ("" for the first).
+// embedded NATS takes routes on a free port (its client port private, the
+// default) and routes to seed ("" for the first).
 func clusterYAML(seed string) string {
-	s := "\ncluster:\n  name: e2e\n  members: [node-1, node-2, node-3]\n  listen: 127.0.0.1:0\n  routes_listen: 127.0.0.1:0\n"
+	s := "\ncluster:\n  name: e2e\n  members: [node-1, node-2, node-3]\n  routes_listen: 127.0.0.1:0\n"
 	if seed != "" {
 		s += "  peers: [nats-route://" + seed + "]\n"
 	}
