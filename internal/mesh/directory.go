@@ -375,9 +375,7 @@ func (m *Mesh) recordMove(id core.AgentID, o ownership) {
 
 // reconcile makes the local agent manager hold exactly the agents the
 // directory gives this node: it adopts those that moved here and lets go of
-// those that moved away. An agent that moved away while busy here (taken over
-// while this node was unreachable) has her leases revoked: their holders hear
-// of it and re-route or end those interactions.
+// those that moved away (see letGo for one busy here).
 func (m *Mesh) reconcile(old, now map[core.AgentID]ownership) {
 	for id, o := range now {
 		was := old[id]
@@ -463,21 +461,21 @@ func (m *Mesh) Claim(ctx context.Context, id core.AgentID) error {
 	if !known {
 		return fmt.Errorf("mesh: move %s here: %w", id, agent.ErrUnknownAgent)
 	}
-	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
 	// The bucket, not this node's copy of it (which may lag), says who owns her.
 	cur := ownership{Node: configured}
-	e, err := h.kv.Get(cctx, string(id))
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	e, err := h.kv.Get(rctx, string(id))
+	cancel()
 	switch {
 	case errors.Is(err, jetstream.ErrKeyNotFound):
 	case err != nil:
 		return fmt.Errorf("mesh: move %s here: %w: %w", id, ErrDirectoryUnavailable, err)
 	default:
-		var v dirValue
-		if err := json.Unmarshal(e.Value(), &v); err != nil || v.Owner == "" {
-			return fmt.Errorf("mesh: move %s here: bad directory entry: %v", id, err)
+		o, ok := m.parseEntry(e)
+		if !ok || o.Node == "" {
+			return fmt.Errorf("mesh: move %s here: unreadable directory entry: %w", id, ErrMoveConflict)
 		}
-		cur = ownership{Node: v.Owner, Fence: e.Revision()}
+		cur = o
 		m.recordMove(id, cur)
 	}
 	if cur.Node == m.p.Node {
@@ -500,11 +498,13 @@ func (m *Mesh) Claim(ctx context.Context, id core.AgentID) error {
 	if err != nil {
 		return err
 	}
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
 	var rev uint64
 	if cur.Fence == 0 {
-		rev, err = h.kv.Create(cctx, string(id), val)
+		rev, err = h.kv.Create(wctx, string(id), val)
 	} else {
-		rev, err = h.kv.Update(cctx, string(id), val, cur.Fence)
+		rev, err = h.kv.Update(wctx, string(id), val, cur.Fence)
 	}
 	if err != nil {
 		if isCASConflict(err) {
