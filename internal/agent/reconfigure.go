@@ -148,3 +148,40 @@ func (m *Manager) forgetLocked(a *agentState) {
 	m.retiredVersion = max(m.retiredVersion, a.version)
 	delete(m.agents, a.cfg.ID)
 }
+
+// ReconcileHolder settles the leases node holds here after a link to it was
+// down (heal): those it still holds (keep) are kept and returned; the others,
+// whose interactions ended at node while the link was down, are revoked — the
+// agent is not left reserved or busy by a lease that died with the link.
+// Nothing is reported to the observer: node no longer holds them.
+func (m *Manager) ReconcileHolder(node core.NodeID, keep map[Token]bool) (live []Token, revoked int) {
+	if node == "" {
+		return nil, 0
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, a := range m.agents {
+		ended := false
+		for _, l := range a.leases {
+			if l.holder != node {
+				continue
+			}
+			if tok := m.token(a, l); keep[tok] {
+				live = append(live, tok)
+				continue
+			}
+			if err := m.endLeaseLocked(a, l, string(OutcomeRevoked)); err != nil {
+				m.logger.Error("reconcile a holder's leases", "agent", a.cfg.ID, "err", err)
+				continue
+			}
+			ended = true
+			revoked++
+		}
+		if ended {
+			if err := m.emitStateLocked(a, "holder_reconciled"); err != nil {
+				m.logger.Error("reconcile a holder's leases", "agent", a.cfg.ID, "err", err)
+			}
+		}
+	}
+	return live, revoked
+}

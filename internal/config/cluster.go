@@ -36,6 +36,12 @@ type ClusterConfig struct {
 	// RequestTimeout bounds a request to a peer (a reservation at an agent's
 	// owner); past it the request fails and the router moves on (default 250ms).
 	RequestTimeout Duration `yaml:"request_timeout" json:"request_timeout"`
+	// HeartbeatInterval is how often the node tells its peers it is alive
+	// (default 250ms); PeerTimeout is how long a peer may stay silent before
+	// it is down (default 1s): no request goes to it, its agents leave the
+	// routing view. A peer silent for two intervals is suspect.
+	HeartbeatInterval Duration `yaml:"heartbeat_interval" json:"heartbeat_interval"`
+	PeerTimeout       Duration `yaml:"peer_timeout" json:"peer_timeout"`
 	// RouteUser and RoutePassword authenticate the embedded servers' routes to
 	// each other (the same on every member); peers' URLs get them added.
 	RouteUser     string `yaml:"route_user" json:"route_user,omitempty"`
@@ -65,6 +71,10 @@ const (
 	DefaultClusterName    = "ccmesh"
 	DefaultRoutesListen   = "127.0.0.1:6222"
 	DefaultRequestTimeout = Duration(250 * time.Millisecond)
+	// DefaultHeartbeatInterval and DefaultPeerTimeout detect a silent peer
+	// within a second (issue 5).
+	DefaultHeartbeatInterval = Duration(250 * time.Millisecond)
+	DefaultPeerTimeout       = Duration(time.Second)
 )
 
 func applyClusterDefaults(c *ClusterConfig) {
@@ -81,6 +91,12 @@ func applyClusterDefaults(c *ClusterConfig) {
 	}
 	if c.RequestTimeout == 0 {
 		c.RequestTimeout = DefaultRequestTimeout
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if c.PeerTimeout == 0 {
+		c.PeerTimeout = DefaultPeerTimeout
 	}
 }
 
@@ -159,6 +175,11 @@ func (c *Config) validateCluster(p *problems) {
 	}
 	if cl.RequestTimeout < Duration(10*time.Millisecond) || cl.RequestTimeout > Duration(10*time.Second) {
 		p.add("cluster.request_timeout", "%q out of range 10ms..10s", cl.RequestTimeout)
+	}
+	if cl.HeartbeatInterval < Duration(10*time.Millisecond) || cl.HeartbeatInterval > Duration(10*time.Second) {
+		p.add("cluster.heartbeat_interval", "%q out of range 10ms..10s", cl.HeartbeatInterval)
+	} else if cl.PeerTimeout < 3*cl.HeartbeatInterval || cl.PeerTimeout > Duration(time.Minute) {
+		p.add("cluster.peer_timeout", "%q out of range: at least three heartbeat intervals (%s), at most 1m", cl.PeerTimeout, 3*cl.HeartbeatInterval)
 	}
 	for i, a := range c.Agents {
 		if a.Home != "" && !slices.Contains(cl.Members, a.Home) {

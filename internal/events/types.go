@@ -30,6 +30,9 @@ const (
 	TypeNode Type = "node"
 	// TypeRegistration is a change of an agent's SIP registration; Data is Registration.
 	TypeRegistration Type = "sip.registration"
+	// TypePeer is a change of a cluster peer's health as this node sees it;
+	// Data is Peer.
+	TypePeer Type = "cluster.peer"
 )
 
 // Event is one entry of the log. Data is one of the payload types of this package and
@@ -189,6 +192,17 @@ type Registration struct {
 	Transport      string `json:"transport,omitempty"`
 	Source         string `json:"source,omitempty"`
 	UserAgent      string `json:"user_agent,omitempty"`
+}
+
+// Peer is the payload of TypePeer.
+type Peer struct {
+	Peer core.NodeID `json:"peer"`
+	// State is up, suspect or down; Previous what it was.
+	State    string `json:"state"`
+	Previous string `json:"previous"`
+	// SilentMillis is how long the peer had been silent (no heartbeat) when
+	// the state changed.
+	SilentMillis int64 `json:"silent_ms"`
 }
 
 // Node is the payload of TypeNode.

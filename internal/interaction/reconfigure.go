@@ -3,7 +3,9 @@ package interaction
 import (
 	"fmt"
 
+	"github.com/ccmesh/ccmesh/internal/agent"
 	"github.com/ccmesh/ccmesh/internal/config"
+	"github.com/ccmesh/ccmesh/internal/core"
 	"github.com/ccmesh/ccmesh/internal/router"
 )
 
@@ -64,4 +66,19 @@ func (s *Service) QueueRemoved(dropped []router.Waiting) {
 			s.logger.Error("end an interaction of a removed queue", "interaction", w.ID, "queue", w.Queue, "err", err)
 		}
 	}
+}
+
+// HeldTokens returns the lease token of every live interaction that holds one
+// (offered, connected, in wrap-up), by interaction: what this node holds at
+// the agents' owners, for reconciling them after a link was down.
+func (s *Service) HeldTokens() map[core.InteractionID]agent.Token {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[core.InteractionID]agent.Token{}
+	for id, ix := range s.live {
+		if !ix.token.IsZero() {
+			out[id] = ix.token
+		}
+	}
+	return out
 }

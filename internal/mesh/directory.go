@@ -182,13 +182,7 @@ func (m *Mesh) openBucket(ctx context.Context, kind string, history uint8) (jets
 	told, warned, start := false, false, time.Now()
 	for wait := 200 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		kv, err := js.KeyValue(cctx, name)
-		if errors.Is(err, jetstream.ErrBucketNotFound) {
-			kv, err = js.CreateKeyValue(cctx, jetstream.KeyValueConfig{Bucket: name, History: history, Replicas: m.replicas()})
-		}
-		if err == nil {
-			kv, err = leaderReads(cctx, js, name)
-		}
+		kv, err := openLeaderRead(cctx, js, name, history, m.replicas())
 		cancel()
 		if err == nil {
 			if told {
@@ -212,22 +206,34 @@ func (m *Mesh) openBucket(ctx context.Context, kind string, history uint8) (jets
 	}
 }
 
-// leaderReads reopens a bucket so that its reads go to the stream's leader.
-// KV buckets allow "direct" reads, which any replica answers — a follower
-// that lags answers an older revision, and a claim that read it would hand a
-// move to the wrong owner or believe an agent already its own. The stream is
-// switched to leader reads (another member creating the bucket at the same
-// moment may switch it back; each member's handle keeps what it opened with).
-func leaderReads(ctx context.Context, js jetstream.JetStream, bucket string) (jetstream.KeyValue, error) {
-	st, err := js.Stream(ctx, "KV_"+bucket)
+// openLeaderRead opens a KV bucket whose reads go to the stream's leader,
+// creating it if needed. KV buckets normally allow "direct" reads, which any
+// replica answers: a follower that lags answers an older revision, and a claim
+// that read it would hand a move to the wrong owner or believe an agent
+// already its own. The stream is created as nats.go creates a bucket, but
+// without direct reads; every member creates it the same way (identical
+// configurations are accepted), so no member switches it back.
+func openLeaderRead(ctx context.Context, js jetstream.JetStream, bucket string, history uint8, replicas int) (jetstream.KeyValue, error) {
+	cfg := jetstream.StreamConfig{
+		Name: "KV_" + bucket, Subjects: []string{"$KV." + bucket + ".>"},
+		MaxMsgsPerSubject: int64(history), MaxBytes: -1, MaxMsgSize: -1, MaxMsgs: -1, MaxConsumers: -1,
+		Storage: jetstream.FileStorage, Replicas: replicas, AllowRollup: true, DenyDelete: true,
+		Duplicates: 2 * time.Minute, Discard: jetstream.DiscardNew, AllowDirect: false,
+	}
+	st, err := js.Stream(ctx, cfg.Name)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		_, err = js.CreateStream(ctx, cfg)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+			err = nil // another member created it meanwhile
+		}
+	case err == nil && st.CachedInfo().Config.AllowDirect:
+		c := st.CachedInfo().Config // a bucket made with direct reads (an older ccmesh)
+		c.AllowDirect = false
+		_, err = js.UpdateStream(ctx, c)
+	}
 	if err != nil {
 		return nil, err
-	}
-	if cfg := st.CachedInfo().Config; cfg.AllowDirect {
-		cfg.AllowDirect = false
-		if _, err := js.UpdateStream(ctx, cfg); err != nil {
-			return nil, err
-		}
 	}
 	return js.KeyValue(ctx, bucket)
 }

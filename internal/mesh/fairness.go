@@ -98,7 +98,6 @@ func (m *Mesh) onHeads(msg *nats.Msg) {
 	m.mu.Lock()
 	prev := m.heads[h.From]
 	m.heads[h.From] = remoteHeads{at: time.Now(), heads: h.Heads}
-	m.seen[h.From] = time.Now()
 	behind := h.FeedSeq > 0 && (m.feedGen[h.From] != h.FeedGen || m.feedSeq[h.From] < h.FeedSeq)
 	lagging := behind && prev.behindAt != 0 && prev.behindAt <= h.FeedSeq && m.feedSeq[h.From] < prev.behindAt
 	if behind {
@@ -124,9 +123,9 @@ func (m *Mesh) Defer(queues []core.QueueID, ch core.Channel, prio int, enqueued 
 	now := time.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, rh := range m.heads {
-		if now.Sub(rh.at) > headsStale {
-			continue
+	for n, rh := range m.heads {
+		if now.Sub(rh.at) > headsStale || m.health.state(n) == PeerDown {
+			continue // a silent or down member holds nothing back
 		}
 		for _, h := range rh.heads {
 			if h.Channel != ch || !slices.Contains(queues, h.Queue) {

@@ -94,7 +94,6 @@ func (m *Mesh) onFeed(msg *nats.Msg) {
 		return
 	}
 	m.mu.Lock()
-	m.seen[f.From] = time.Now()
 	// A new generation, or numbers skipped, mean lost states: resync. A number
 	// at or below the position is already covered (by a snapshot): just apply.
 	gap := m.feedGen[f.From] != f.Gen || f.Seq > m.feedSeq[f.From]+1

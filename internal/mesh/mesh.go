@@ -46,6 +46,9 @@ var ErrOwnerUnreachable = errors.New("agent's owner unreachable")
 // View receives the states of agents owned by other nodes (the router).
 type View interface {
 	ApplyAgentState(core.AgentID, events.AgentState)
+	// SetUnreachable takes agents out of routing (their owner is down) or
+	// brings them back.
+	SetUnreachable(ids []core.AgentID, unreachable bool)
 }
 
 // Params are the mesh's dependencies.
@@ -79,6 +82,7 @@ type Mesh struct {
 	prefix  string
 	dir     *directory
 	shared  sharedConfig
+	health  *health
 	timeout time.Duration
 	srv     *server.Server // nil with an external NATS
 	nc      *nats.Conn
@@ -98,8 +102,6 @@ type Mesh struct {
 	resyncing map[core.NodeID]bool
 	// heads are the other members' best waiting interactions (fairness).
 	heads map[core.NodeID]remoteHeads
-	// seen is when each other member was last heard from (heads or feed).
-	seen map[core.NodeID]time.Time
 	// pubGen and pubSeq are this node's feed position (for its heads).
 	pubGen, pubSeq atomic.Uint64
 	// reqSeq numbers this node's reservation requests to other owners.
@@ -121,10 +123,18 @@ func New(p Params) (*Mesh, error) {
 	m := &Mesh{p: p, prefix: "ccm." + p.Config.Name + ".", dir: newDirectory(p.Config.Members, p.Agents, p.DataDir),
 		timeout: p.Config.RequestTimeout.D(), logger: p.Logger,
 		remote: map[core.AgentID]events.AgentState{}, feedGen: map[core.NodeID]uint64{}, feedSeq: map[core.NodeID]uint64{}, resyncing: map[core.NodeID]bool{},
-		heads: map[core.NodeID]remoteHeads{}, seen: map[core.NodeID]time.Time{}, downUntil: map[core.NodeID]time.Time{}, boots: map[core.NodeID]uint64{}, boot: uint64(time.Now().UnixNano())}
+		heads: map[core.NodeID]remoteHeads{}, downUntil: map[core.NodeID]time.Time{}, boots: map[core.NodeID]uint64{}, boot: uint64(time.Now().UnixNano())}
 	if m.timeout <= 0 {
 		m.timeout = config.DefaultRequestTimeout.D()
 	}
+	interval, peerTimeout := p.Config.HeartbeatInterval.D(), p.Config.PeerTimeout.D()
+	if interval <= 0 {
+		interval = config.DefaultHeartbeatInterval.D()
+	}
+	if peerTimeout <= 0 {
+		peerTimeout = config.DefaultPeerTimeout.D()
+	}
+	m.health = newHealth(p.Config.Members, p.Node, interval, peerTimeout)
 	// Agents that moved before the last stop are where the cached directory
 	// says, until the replicated one is read.
 	configured := *m.dir.owners.Load()
@@ -376,6 +386,7 @@ func (m *Mesh) Run(ctx context.Context, after uint64) error {
 		go m.publishHeads(ctx, src)
 	}
 	go m.runDirectory(ctx)
+	go m.runHealth(ctx)
 	go m.runSharedConfig(ctx)
 	err := m.publishFeed(ctx, after)
 	for _, s := range m.subs {
@@ -408,6 +419,7 @@ func (m *Mesh) subscribe() error {
 		{m.prefix + "feed.*", m.onFeed},
 		{m.subject("lease", m.p.Node), m.onLeaseEnd},
 		{m.prefix + "heads.*", m.onHeads},
+		{m.prefix + "hb.*", m.onHeartbeat},
 	} {
 		sub, err := m.nc.Subscribe(s.subj, s.h)
 		if err != nil {

@@ -66,6 +66,9 @@ func startClusterWith(t testing.TB, agents []config.Agent, queues []config.Queue
 		}
 		n := &testNode{id: id, log: events.NewLog(0, 1<<20, false)}
 		logger := slog.New(slog.DiscardHandler)
+		if os.Getenv("MESH_TEST_LOG") != "" {
+			logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("node", id)
+		}
 		n.agents = agent.NewManager(agent.Params{Node: id, Agents: Owned(members, id, agents), Clock: clock.Real{}, Log: n.log,
 			MissedOffer: config.MissedOfferNotReady, Epoch: uint64(time.Now().UnixNano()), Logger: logger})
 		var err error

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -25,6 +26,7 @@ const (
 	opRegs     = "registrations"
 	opCancel   = "cancel"
 	opHandoff  = "handoff"
+	opLeases   = "leases"
 )
 
 // request is a message to an agent's owner.
@@ -42,6 +44,8 @@ type request struct {
 	WrapUpMillis int64  `json:"wrap_up_ms,omitempty"`
 	// handoff: the directory revision the claimer read
 	Fence uint64 `json:"fence,omitempty"`
+	// leases: the tokens the sender holds at the owner
+	Tokens []string `json:"tokens,omitempty"`
 }
 
 // reply is the owner's answer. Err carries a code that maps back to the agent
@@ -54,6 +58,7 @@ type reply struct {
 	Code     string             `json:"code,omitempty"`
 	Agents   []agentState       `json:"agents,omitempty"`
 	Contacts []string           `json:"contacts,omitempty"`
+	Tokens   []string           `json:"tokens,omitempty"`
 	Raw      json.RawMessage    `json:"raw,omitempty"`
 	// FeedGen and FeedSeq (snapshot): the owner's feed position when it took
 	// the snapshot; the follower continues from there.
@@ -121,15 +126,32 @@ func (m *Mesh) request(node core.NodeID, req request, timeout time.Duration, ski
 	// A member that just failed to answer is not asked again for a moment: the
 	// router calls with its lock held, so each wait on a dead member stalls
 	// routing (ADR 0006); one probe per downFor is enough to see it return.
+	// Refrain (issue 5): nothing is sent to a peer that is down, and a request
+	// in flight ends when its peer goes down.
+	state, peerCtx, p := m.health.peerContext(node)
+	if p == nil {
+		return reply{}, fmt.Errorf("mesh: %s to %s: not a member", req.Op, node)
+	}
+	if state == PeerDown {
+		p.refrained.Add(1)
+		return reply{}, fmt.Errorf("mesh: %s to %s: %w (down)", req.Op, node, ErrOwnerUnreachable)
+	}
 	m.mu.Lock()
 	until := m.downUntil[node]
 	m.mu.Unlock()
 	if skipDown && time.Now().Before(until) {
+		p.refrained.Add(1)
 		return reply{}, fmt.Errorf("mesh: %s to %s: %w (did not answer just before)", req.Op, node, ErrOwnerUnreachable)
 	}
-	msg, err := m.nc.Request(m.subject("rpc", node), data, timeout)
+	p.sent.Add(1)
+	ctx, cancel := context.WithTimeout(peerCtx, timeout)
+	defer cancel()
+	msg, err := m.nc.RequestWithContext(ctx, m.subject("rpc", node), data)
 	if err != nil {
-		if errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) {
+		if peerCtx.Err() != nil {
+			return reply{}, fmt.Errorf("mesh: %s to %s: %w (went down)", req.Op, node, ErrOwnerUnreachable)
+		}
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || errors.Is(err, nats.ErrNoResponders) {
 			m.mu.Lock()
 			m.downUntil[node] = time.Now().Add(downFor)
 			m.mu.Unlock()
@@ -284,6 +306,23 @@ func (m *Mesh) handle(req request) reply {
 		}
 		return reply{}
 	}
+	if req.Op == opLeases {
+		keep := map[agent.Token]bool{}
+		for _, t := range req.Tokens {
+			if tok, err := agent.ParseToken(t); err == nil {
+				keep[tok] = true
+			}
+		}
+		live, revoked := m.p.Local.ReconcileHolder(req.From, keep)
+		if revoked > 0 {
+			m.logger.Info("mesh: leases a peer no longer holds revoked", "peer", req.From, "revoked", revoked)
+		}
+		out := reply{Tokens: []string{}}
+		for _, t := range live {
+			out.Tokens = append(out.Tokens, t.String())
+		}
+		return out
+	}
 	if req.Op == opHandoff {
 		if err := m.handOff(req.Agent, req.From, req.Fence); err != nil {
 			return encodeErr(err)
@@ -379,4 +418,44 @@ func (m *Mesh) Snapshots() []agent.View {
 		out = append(out, agent.View{ID: id, State: st})
 	}
 	return out
+}
+
+// reconcileLeases settles, after the link to owner n was down, the leases this
+// node holds there: the owner keeps those still held here and revokes the
+// others; those the owner no longer has (they expired or were revoked while
+// notices could not cross) end here as revoked, so their interactions move on.
+func (m *Mesh) reconcileLeases(n core.NodeID) {
+	held, ok := m.leases.(interface {
+		HeldTokens() map[core.InteractionID]agent.Token
+	})
+	if !ok {
+		return
+	}
+	mine := map[string]core.InteractionID{}
+	req := request{Op: opLeases, Tokens: []string{}}
+	for ix, tok := range held.HeldTokens() {
+		if m.dir.get(tok.Agent).Node == n {
+			mine[tok.String()] = ix
+			req.Tokens = append(req.Tokens, tok.String())
+		}
+	}
+	r, err := m.call(n, req)
+	if err == nil && r.Err != "" {
+		err = errors.New(r.Err)
+	}
+	if err != nil {
+		m.logger.Warn("mesh: reconcile leases after a peer came back", "peer", n, "err", err)
+		return
+	}
+	for _, t := range r.Tokens {
+		delete(mine, t)
+	}
+	for t, ix := range mine {
+		tok, err := agent.ParseToken(t)
+		if err != nil {
+			continue
+		}
+		m.logger.Info("mesh: a lease ended at its owner while the link was down", "peer", n, "interaction", ix, "token", t)
+		m.leases.LeaseEnded(agent.LeaseEnd{Token: tok, Interaction: ix, Outcome: agent.OutcomeRevoked})
+	}
 }

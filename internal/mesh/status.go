@@ -38,12 +38,19 @@ type MemberState struct {
 	// changes when it restarts.
 	FeedSeq uint64 `json:"feed_seq"`
 	FeedGen uint64 `json:"feed_gen,omitempty"`
-	// LastSeenMillis is how long ago this node last heard from the member (its
-	// heads, sent at least every 500 ms, or its feed); -1 never. Health is "up"
-	// within 2 s, else "silent" ("self" for this node). Peer health with
-	// detection and refrain is issue 5's; this is what the mesh sees today.
+	// LastSeenMillis is how long ago this node last heard the member's
+	// heartbeat; -1 never. Health is up, suspect (silent for two heartbeat
+	// intervals) or down (silent for cluster.peer_timeout: nothing is sent to
+	// it, its agents are out of routing), "self" for this node.
 	LastSeenMillis int64  `json:"last_seen_ms"`
 	Health         string `json:"health"`
+	// SinceMillis is how long the member has been in this health.
+	SinceMillis int64 `json:"since_ms"`
+	// Downs counts the times it went down; RequestsSent the requests sent to
+	// it, RequestsRefrained those not sent because it was down.
+	Downs             uint64 `json:"downs"`
+	RequestsSent      uint64 `json:"requests_sent"`
+	RequestsRefrained uint64 `json:"requests_refrained"`
 }
 
 // NATSState describes the NATS connection and the embedded server.
@@ -65,19 +72,25 @@ func (m *Mesh) Status() Status {
 	now := time.Now()
 	m.mu.Lock()
 	for _, id := range m.p.Config.Members {
-		ms := MemberState{ID: id, Self: id == m.p.Node, Agents: owned[id], FeedSeq: m.feedSeq[id], FeedGen: m.feedGen[id], LastSeenMillis: -1, Health: "silent"}
-		if seen, ok := m.seen[id]; ok {
-			ms.LastSeenMillis = now.Sub(seen).Milliseconds()
-			if now.Sub(seen) <= headsStale {
-				ms.Health = "up"
-			}
-		}
-		if ms.Self {
-			ms.LastSeenMillis, ms.Health = 0, "self"
-		}
-		st.Members = append(st.Members, ms)
+		st.Members = append(st.Members, MemberState{ID: id, Self: id == m.p.Node, Agents: owned[id], FeedSeq: m.feedSeq[id], FeedGen: m.feedGen[id],
+			LastSeenMillis: -1})
 	}
 	m.mu.Unlock()
+	m.health.mu.Lock()
+	for i := range st.Members {
+		ms := &st.Members[i]
+		p, ok := m.health.peers[ms.ID]
+		if !ok {
+			ms.LastSeenMillis, ms.Health = 0, "self"
+			continue
+		}
+		ms.Health, ms.SinceMillis, ms.Downs = string(p.state), now.Sub(p.since).Milliseconds(), p.downs
+		ms.RequestsSent, ms.RequestsRefrained = p.sent.Load(), p.refrained.Load()
+		if !p.last.IsZero() {
+			ms.LastSeenMillis = now.Sub(p.last).Milliseconds()
+		}
+	}
+	m.health.mu.Unlock()
 	slices.SortFunc(st.Members, func(a, b MemberState) int {
 		if a.ID < b.ID {
 			return -1

@@ -80,7 +80,7 @@ func (r *Router) Reconfigure(queues []config.Queue, agents []config.Agent) (drop
 // same agent under a new configuration).
 func (v *agentView) keepState(old *agentView) {
 	v.fence, v.epoch, v.version = old.fence, old.epoch, old.version
-	v.ready, v.used, v.idleSince = old.ready, old.used, old.idleSince
+	v.ready, v.used, v.idleSince, v.unreachable = old.ready, old.used, old.idleSince, old.unreachable
 	if old.stated {
 		v.stated, v.cap = true, old.cap
 	}

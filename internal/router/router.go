@@ -136,6 +136,9 @@ type agentView struct {
 	fence   uint64
 	epoch   uint64
 	version uint64
+	// unreachable: the agent's owner is down (issue 5); not offered work
+	// whatever her last known state.
+	unreachable bool
 	// stated is set once an owner's state was applied: cap then holds the owner's
 	// capacities, which Reconfigure keeps over the configured ones.
 	stated bool
@@ -390,7 +393,7 @@ func (q *queue) stepAt(wait time.Duration) int {
 }
 
 func (v *agentView) free(ci int) bool {
-	return v.ready && v.used[ci] < v.cap[ci]
+	return v.ready && !v.unreachable && v.used[ci] < v.cap[ci]
 }
 
 // less orders waiting interactions: priority desc, then enqueue time, then arrival.
@@ -681,7 +684,7 @@ func (r *Router) applyStateLocked(v *agentView, st events.AgentState) {
 // agentFreedLocked gives agent v the best waiting interactions it can take, channel
 // by channel, while it has free capacity.
 func (r *Router) agentFreedLocked(v *agentView) {
-	if !v.ready || len(r.waiters) == 0 {
+	if !v.ready || v.unreachable || len(r.waiters) == 0 {
 		return
 	}
 	now := r.clock.Now()
@@ -787,6 +790,27 @@ func (r *Router) resync() {
 	for _, av := range views {
 		if v, ok := r.agents[av.ID]; ok {
 			r.agentFreedLocked(v)
+		}
+	}
+}
+
+// SetUnreachable takes agents out of routing while their owner is down (a
+// reservation could not reach it), or brings them back and offers them work.
+func (r *Router) SetUnreachable(ids []core.AgentID, unreachable bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, id := range ids {
+		v, ok := r.agents[id]
+		if !ok {
+			continue
+		}
+		v.unreachable = unreachable
+	}
+	if !unreachable {
+		for _, id := range ids {
+			if v, ok := r.agents[id]; ok {
+				r.agentFreedLocked(v)
+			}
 		}
 	}
 }
