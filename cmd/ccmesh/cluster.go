@@ -52,7 +52,7 @@ func cluster(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "cluster %s, seen from %s; NATS connected=%v embedded=%v route connections=%d; directory in sync=%v, agents moved=%d\n",
 		st.Name, st.Node, st.NATS.Connected, st.NATS.Embedded, st.NATS.Routes, st.Directory.InSync, st.Directory.Moved)
 	tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tHEALTH\tLAST SEEN\tAGENTS OWNED\tFEED SEQ\t")
+	fmt.Fprintln(tw, "MEMBER\tHEALTH\tLAST SEEN\tAGENTS OWNED\tFEED SEQ\tDOWNS\tSENT\tREFRAINED\t")
 	for _, m := range st.Members {
 		seq, seen := fmt.Sprint(m.FeedSeq), fmt.Sprintf("%d ms ago", m.LastSeenMillis)
 		switch {
@@ -61,7 +61,7 @@ func cluster(args []string, stdout, stderr io.Writer) int {
 		case m.LastSeenMillis < 0:
 			seen = "never"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t\n", m.ID, m.Health, seen, m.Agents, seq)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t\n", m.ID, m.Health, seen, m.Agents, seq, m.Downs, m.RequestsSent, m.RequestsRefrained)
 	}
 	_ = tw.Flush()
 	return 0

@@ -43,11 +43,14 @@ var (
 	descAuthFail    = prometheus.NewDesc("ccmesh_sip_auth_failures_total", "REGISTER requests with wrong credentials or replayed nonces.", nil, nil)
 	descCallsActive = prometheus.NewDesc("ccmesh_sip_calls_active", "Calls in progress.", nil, nil)
 	descCalls       = prometheus.NewDesc("ccmesh_sip_calls_total", "Call events since start: started, bridged (an agent leg bridged), overloaded (refused 503), hold, transfer, media_timeout.", []string{"event"}, nil)
+	descPeerUp      = prometheus.NewDesc("ccmesh_cluster_peer_state", "A peer's health as this node sees it: 1 up, 0.5 suspect, 0 down.", []string{"peer"}, nil)
+	descPeerDowns   = prometheus.NewDesc("ccmesh_cluster_peer_downs_total", "Times the peer went down (silent past cluster.peer_timeout).", []string{"peer"}, nil)
+	descPeerReqs    = prometheus.NewDesc("ccmesh_cluster_peer_requests_total", "Requests to a peer: sent, or refrained (not sent: it was down or had just missed one).", []string{"peer", "outcome"}, nil)
 	descBlocked     = prometheus.NewDesc("ccmesh_sip_blocked_requests_total", "REGISTER requests refused because their source failed authentication too often.", nil, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descWaiting, descLongest, descReady, descOffered, descAnswered, descAbandoned, descSL, descAgents, descSeq, descDurable, descLiveInterax, descBindings, descChallenges, descAuthFail, descBlocked, descCallsActive, descCalls} {
+	for _, d := range []*prometheus.Desc{descWaiting, descLongest, descReady, descOffered, descAnswered, descAbandoned, descSL, descAgents, descSeq, descDurable, descLiveInterax, descBindings, descChallenges, descAuthFail, descBlocked, descCallsActive, descCalls, descPeerUp, descPeerDowns, descPeerReqs} {
 		ch <- d
 	}
 }
@@ -88,6 +91,18 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		for ev, n := range map[string]uint64{"started": st.Started, "bridged": st.Bridged, "overloaded": st.Overloaded,
 			"hold": st.Holds, "transfer": st.Transfers, "media_timeout": st.MediaTimeouts} {
 			ch <- prometheus.MustNewConstMetric(descCalls, prometheus.CounterValue, float64(n), ev)
+		}
+	}
+	if cl := c.s.p.Cluster; cl != nil {
+		for _, m := range cl.Status().Members {
+			if m.Self {
+				continue
+			}
+			id := string(m.ID)
+			ch <- prometheus.MustNewConstMetric(descPeerUp, prometheus.GaugeValue, map[string]float64{"up": 1, "suspect": 0.5}[m.Health], id)
+			ch <- prometheus.MustNewConstMetric(descPeerDowns, prometheus.CounterValue, float64(m.Downs), id)
+			ch <- prometheus.MustNewConstMetric(descPeerReqs, prometheus.CounterValue, float64(m.RequestsSent), id, "sent")
+			ch <- prometheus.MustNewConstMetric(descPeerReqs, prometheus.CounterValue, float64(m.RequestsRefrained), id, "refrained")
 		}
 	}
 }

@@ -1,0 +1,94 @@
+package mesh
+
+import (
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/ccmesh/ccmesh/internal/agent"
+	"github.com/ccmesh/ccmesh/internal/config"
+	"github.com/ccmesh/ccmesh/internal/core"
+	"github.com/ccmesh/ccmesh/internal/interaction"
+)
+
+// The health state machine: up on a heartbeat, suspect after two silent
+// intervals, down after the timeout (its requests' context ends), up again on
+// the next heartbeat with a fresh context.
+func TestPeerHealthStates(t *testing.T) {
+	h := newHealth([]core.NodeID{"n1", "n2"}, "n1", 250*time.Millisecond, time.Second)
+	if h.state("n2") != PeerDown || h.state("n1") != "" {
+		t.Fatalf("at start: n2 %q, self %q", h.state("n2"), h.state("n1"))
+	}
+	t0 := time.Now()
+	if tr, ok := h.heard("n2", t0); !ok || tr.from != PeerDown || tr.to != PeerUp {
+		t.Fatalf("first heartbeat: %+v %v", tr, ok)
+	}
+	_, ctx, _ := h.peerContext("n2")
+	steps := []struct {
+		after time.Duration
+		want  PeerState
+	}{{400 * time.Millisecond, PeerUp}, {600 * time.Millisecond, PeerSuspect}, {900 * time.Millisecond, PeerSuspect}, {1100 * time.Millisecond, PeerDown}}
+	for _, s := range steps {
+		h.check(t0.Add(s.after))
+		if got := h.state("n2"); got != s.want {
+			t.Fatalf("after %v silent: %s, want %s", s.after, got, s.want)
+		}
+	}
+	if ctx.Err() == nil {
+		t.Fatal("requests in flight to a down peer were not ended")
+	}
+	if _, ok := h.heard("n2", t0.Add(2*time.Second)); !ok || h.state("n2") != PeerUp {
+		t.Fatal("a heartbeat did not bring the peer back")
+	}
+	if _, ctx, _ := h.peerContext("n2"); ctx.Err() != nil {
+		t.Fatal("a peer back up kept its ended context")
+	}
+}
+
+// A member that goes silent is down at the others within the peer timeout;
+// from then on nothing is sent to it — a reservation of its agent fails at
+// once — its agents leave the routing view, and an interaction goes to an
+// agent of a member still up.
+func TestDeadPeerIsRefrainedFrom(t *testing.T) {
+	agents := []config.Agent{taskAgent("ann", "n3", 1), taskAgent("bob", "n2", 1)}
+	nodes := startCluster(t, agents, []config.Queue{taskQueue("q")}, nil)
+	n1, n2, n3 := node(nodes, "n1"), node(nodes, "n2"), node(nodes, "n3")
+	ready(t, n3, "ann")
+	ready(t, n2, "bob")
+	eventually(t, "n1 seeing both agents ready", func() bool {
+		st, _ := n1.router.Stats("q")
+		return st.AgentsReady == 2
+	})
+	silent := time.Now()
+	n3.mesh.Close() // n3 dies: no heartbeat, no answer
+	eventually(t, "n1 taking n3 as down", func() bool { return n1.mesh.health.state("n3") == PeerDown })
+	detect := time.Since(silent)
+	if detect > 1500*time.Millisecond {
+		t.Fatalf("detection took %v (peer_timeout 1 s)", detect)
+	}
+	_, _, p := n1.mesh.health.peerContext("n3")
+	sent := p.sent.Load()
+	start := time.Now()
+	_, err := n1.mesh.Reserve(agent.ReserveRequest{Agent: "ann", Interaction: "ix-x", Channel: core.ChannelTask, TTL: time.Minute})
+	if !errors.Is(err, ErrOwnerUnreachable) || time.Since(start) > 20*time.Millisecond {
+		t.Fatalf("reserve at a down owner: %v after %v", err, time.Since(start))
+	}
+	if p.sent.Load() != sent || p.refrained.Load() == 0 {
+		t.Fatalf("requests sent to a down peer: %d → %d (refrained %d)", sent, p.sent.Load(), p.refrained.Load())
+	}
+	if st, _ := n1.router.Stats("q"); st.AgentsReady != 1 {
+		t.Fatalf("n1's routing view still counts n3's agent: %+v", st)
+	}
+	ix, _, err := n1.ix.Create(interaction.CreateRequest{Channel: core.ChannelTask, Queue: "q"})
+	must(t, err)
+	eventually(t, "the interaction offered to bob (n2)", func() bool {
+		got, _ := n1.ix.Get(ix.ID)
+		return got.State == string(interaction.StateOffered) && got.Agent == "bob"
+	})
+	st := n1.mesh.Status()
+	i := slices.IndexFunc(st.Members, func(m MemberState) bool { return m.ID == "n3" })
+	if m := st.Members[i]; m.Health != "down" || m.Downs != 1 || m.RequestsRefrained == 0 {
+		t.Fatalf("n3 in n1's status: %+v", m)
+	}
+}
