@@ -32,7 +32,14 @@ func startCluster(t *testing.T) []*proc {
 // configuration file (to restart it).
 func startClusterFiles(t *testing.T) ([]*proc, []string) {
 	t.Helper()
-	homes := [][2]string{{"  - id: ann\n", "  - id: ann\n    home: node-2\n"}}
+	return startClusterOpts(t, nil)
+}
+
+// startClusterOpts is startClusterFiles with more substitutions in every
+// member's configuration.
+func startClusterOpts(t *testing.T, replace [][2]string) ([]*proc, []string) {
+	t.Helper()
+	homes := append([][2]string{{"  - id: ann\n", "  - id: ann\n    home: node-2\n"}}, replace...)
 	var procs []*proc
 	var files []string
 	seed := ""
