@@ -3,8 +3,11 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
+	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -41,13 +44,28 @@ func (c *client) member(id string) memberView {
 // calls with sipp's UAS for at most life; the test's end stops it.
 func longPhone(t *testing.T, p *proc, id string, calls int, life time.Duration) {
 	t.Helper()
+	longPhoneIn(t, p, id, calls, life, "", "127.0.0.1")
+}
+
+// longPhoneIn is longPhone with the phone in network namespace ns ("": this
+// one) on address ip.
+func longPhoneIn(t *testing.T, p *proc, id string, calls int, life time.Duration, ns, ip string) {
+	t.Helper()
 	port := freeUDPPort(t)
+	where := []string{"-i", ip}
+	if ns != "" {
+		where = append(where, "-netns", ns)
+	}
 	if code, out := sipp(t, "register_contact.xml", p.sipUDP, "u1", []string{id + ";[authentication username=" + id + " password=" + id + "-pass]"}, 1,
-		"-key", "contact_port", fmt.Sprint(port)); code != 0 {
+		append(where, "-key", "contact_port", fmt.Sprint(port))...); code != 0 {
 		t.Fatalf("register %s's phone: exit %d\n%s", id, code, out)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), life)
-	cmd := exec.CommandContext(ctx, "sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", fmt.Sprint(port), "-m", fmt.Sprint(calls), "-nostdin")
+	args := []string{"-sn", "uas", "-i", ip, "-p", fmt.Sprint(port), "-m", fmt.Sprint(calls), "-nostdin"}
+	cmd := exec.CommandContext(ctx, "sipp", args...)
+	if ns != "" {
+		cmd = exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, "sipp"}, args...)...)
+	}
 	cmd.Dir = t.TempDir()
 	if err := cmd.Start(); err != nil {
 		cancel()
@@ -126,4 +144,177 @@ func TestKillOneMemberUnderLoad(t *testing.T) {
 	}
 	t.Logf("kill -9 node-3: detected by node-1 after %v, node-2 after %v; 30 calls at node-1, 0 failed; requests to node-3 after detection: %d (refrained %d)",
 		detect["node-1"].Round(time.Millisecond), detect["node-2"].Round(time.Millisecond), after.RequestsSent-sentAtDetection, after.RequestsRefrained)
+}
+
+// netns creates a network namespace joined to this one by a veth pair: the
+// host side has hostIP, the namespace nsIP. link(false) takes the namespace's
+// side down — a silent partition: no packet crosses, no connection is reset —
+// and link(true) heals it. Everything is removed when the test ends.
+func netns(t *testing.T) (ns, hostIP, nsIP string, link func(up bool)) {
+	t.Helper()
+	n := os.Getpid()%200 + int(nsSeq.Add(1))
+	ns = fmt.Sprintf("ccmesh-e2e-%d", n)
+	host, peer := fmt.Sprintf("ccmh%d", n), fmt.Sprintf("ccmn%d", n)
+	hostIP, nsIP = fmt.Sprintf("10.213.%d.1", n), fmt.Sprintf("10.213.%d.2", n)
+	ipCmd := func(args ...string) error {
+		out, err := exec.Command("ip", args...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	t.Cleanup(func() {
+		_ = ipCmd("link", "del", host)
+		_ = ipCmd("netns", "del", ns)
+	})
+	for _, c := range [][]string{
+		{"netns", "add", ns},
+		{"link", "add", host, "type", "veth", "peer", "name", peer},
+		{"link", "set", peer, "netns", ns},
+		{"addr", "add", hostIP + "/30", "dev", host},
+		{"link", "set", host, "up"},
+		{"-n", ns, "addr", "add", nsIP + "/30", "dev", peer},
+		{"-n", ns, "link", "set", peer, "up"},
+		{"-n", ns, "link", "set", "lo", "up"},
+	} {
+		if err := ipCmd(c...); err != nil {
+			t.Fatalf("the partition test needs network namespaces (root, iproute2): %v", err)
+		}
+	}
+	return ns, hostIP, nsIP, func(up bool) {
+		t.Helper()
+		if err := ipCmd("-n", ns, "link", "set", peer, map[bool]string{true: "up", false: "down"}[up]); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+var nsSeq atomic.Int32
+
+// Issue 5 (b) and (c): a silent partition of one member of three (its link
+// taken down inside a network namespace: nothing crosses, nothing is reset)
+// under a call load at another, then the heal. The survivors detect it within
+// the peer timeout and send it nothing while it is down; no call at node-1
+// fails; after the heal the member is up again and its agent takes calls.
+func TestSilentPartitionAndHeal(t *testing.T) {
+	t.Parallel()
+	ns, hostIP, nsIP, link := netns(t)
+	var homes [][2]string
+	for _, h := range [][2]string{{"bob", "node-1"}, {"farid", "node-1"}, {"ann", "node-2"}, {"ines", "node-2"}, {"dev", "node-3"}} {
+		homes = append(homes, [2]string{"  - id: " + h[0] + "\n", "  - id: " + h[0] + "\n    home: " + h[1] + "\n"})
+	}
+	section := func(routes, seed string) string {
+		s := "\ncluster:\n  name: e2e\n  members: [node-1, node-2, node-3]\n  routes_listen: " + routes + "\n"
+		if seed != "" {
+			s += "  peers: [nats-route://" + seed + "]\n"
+		}
+		return s
+	}
+	cfg := func(id, routes, seed string, extra ...[2]string) string {
+		return writeConfig(t, configOpts{dataDir: t.TempDir(), digest: "[MD5, SHA-256]", drainTimeout: "3s", nodeID: id,
+			extra: section(routes, seed), replace: append(slices.Clone(homes), extra...)})
+	}
+	p1 := serve(t, cfg("node-1", hostIP+":0", ""))
+	m := routesRE.FindStringSubmatch(p1.find("mesh: NATS server up"))
+	if m == nil {
+		t.Fatalf("node-1 did not log its routes address:\n%s", p1.log())
+	}
+	p2 := serve(t, cfg("node-2", hostIP+":0", m[1]))
+	p3 := serveIn(t, cfg("node-3", nsIP+":0", m[1], [2]string{"listen: 127.0.0.1:0", "listen: " + nsIP + ":0"},
+		[2]string{"listen_udp: 127.0.0.1:0", "listen_udp: " + nsIP + ":0"}, [2]string{"listen_tcp: 127.0.0.1:0", "listen_tcp: " + nsIP + ":0"}), ns)
+	procs := []*proc{p1, p2, p3}
+	clients := []*client{newClient(t, p1.base), newClient(t, p2.base), newClient(t, p3.base)}
+	for i, c := range clients {
+		eventually(t, 20*time.Second, fmt.Sprintf("node-%d in the cluster (routes, directory)", i+1), func() bool {
+			st := decode[struct {
+				NATS struct {
+					Routes int `json:"routes"`
+				} `json:"nats"`
+				Directory struct {
+					InSync bool `json:"in_sync"`
+				} `json:"directory"`
+			}](t, c.call("GET", "/api/v1/cluster", supervisor(), "", 200))
+			return st.NATS.Routes >= 2 && st.Directory.InSync
+		})
+	}
+	for i, ids := range [][]string{{"bob", "farid"}, {"ann", "ines"}} {
+		for _, id := range ids {
+			longPhone(t, procs[i], id, 100, 60*time.Second)
+		}
+		clients[i].loginReady("sales", 1, ids...)
+	}
+	longPhoneIn(t, p3, "dev", 100, 60*time.Second, ns, nsIP)
+	clients[2].loginReady("sales", 1, "dev")
+	salesReady := func() int {
+		return decode[struct {
+			AgentsReady int `json:"agents_ready"`
+		}](t, clients[0].call("GET", "/api/v1/queues/sales", admin(), "", 200)).AgentsReady
+	}
+	eventually(t, 10*time.Second, "node-1 seeing the five sales agents ready", func() bool { return salesReady() == 5 })
+
+	load := callerLoad(t, p1, 30, 1.5, time.Second)
+	time.Sleep(4 * time.Second)
+	cut := time.Now()
+	link(false)
+	var detect [2]time.Duration
+	var sentAtDetection uint64
+	for i, c := range clients[:2] {
+		eventually(t, 3*time.Second, fmt.Sprintf("node-%d taking node-3 as down", i+1), func() bool {
+			m := c.member("node-3")
+			if m.Health == "down" && i == 0 {
+				sentAtDetection = m.RequestsSent
+			}
+			return m.Health == "down"
+		})
+		detect[i] = time.Since(cut)
+		if detect[i] > 1500*time.Millisecond {
+			t.Errorf("node-%d detected the partition after %v (peer_timeout 1s)", i+1, detect[i])
+		}
+	}
+	if n := salesReady(); n > 4 {
+		t.Errorf("node-1 still routes to dev, behind the partition: %d ready", n)
+	}
+	time.Sleep(4 * time.Second) // calls go on at node-1 with the agents of node-1 and node-2
+	if m := clients[0].member("node-3"); m.RequestsSent != sentAtDetection {
+		t.Errorf("node-1 sent %d requests to node-3 while it was down", m.RequestsSent-sentAtDetection)
+	}
+	healed := time.Now()
+	link(true)
+	eventually(t, 10*time.Second, "node-1 taking node-3 as up again", func() bool { return clients[0].member("node-3").Health == "up" })
+	up := time.Since(healed)
+	eventually(t, 20*time.Second, "dev back in node-1's routing (sharing resumed)", func() bool {
+		return decode[agentOwner](t, clients[0].call("GET", "/api/v1/agents/dev", supervisor(), "", 200)).State.State == "ready" &&
+			clients[0].member("node-3").Health == "up" && salesReady() >= 1
+	})
+	resumed := time.Since(healed)
+	res := <-load
+	if !strings.HasPrefix(res, "exit 0") {
+		t.Fatalf("calls at node-1 failed across the partition:\n%s", res)
+	}
+	// Sharing resumed: dev, behind the healed link, took calls of node-1 again.
+	hist := decode[struct {
+		Events []struct {
+			Time time.Time `json:"time"`
+			Type string    `json:"type"`
+			Data struct {
+				Outcome string `json:"outcome"`
+			} `json:"data"`
+		} `json:"events"`
+	}](t, clients[2].call("GET", "/api/v1/agents/dev/history?limit=1000", admin(), "", 200))
+	granted := 0
+	for _, e := range hist.Events {
+		if e.Type == "agent.lease" && e.Data.Outcome == "granted" && e.Time.After(healed) {
+			granted++
+		}
+	}
+	if granted == 0 {
+		t.Errorf("dev took no call after the heal: %+v", hist.Events)
+	}
+	eventually(t, 10*time.Second, "node-1 routing to all five agents once the calls ended", func() bool { return salesReady() == 5 })
+	if m := clients[0].member("node-3"); m.Downs != 1 {
+		t.Errorf("node-1 took node-3 down %d times (one partition)", m.Downs)
+	}
+	_ = procs
+	t.Logf("silent partition of node-3: detected by node-1 after %v, node-2 after %v; 30 calls at node-1, 0 failed; requests to node-3 while down: 0; heal: up after %v, sharing resumed after %v (dev then took %d calls)",
+		detect[0].Round(time.Millisecond), detect[1].Round(time.Millisecond), up.Round(time.Millisecond), resumed.Round(time.Millisecond), granted)
 }

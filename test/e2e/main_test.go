@@ -189,7 +189,16 @@ var (
 // serve starts `ccmesh serve --config cfg` and waits for its "ready" log line.
 func serve(t *testing.T, cfg string) *proc {
 	t.Helper()
+	return serveIn(t, cfg, "")
+}
+
+// serveIn is serve inside network namespace ns ("" for this one).
+func serveIn(t *testing.T, cfg, ns string) *proc {
+	t.Helper()
 	cmd := exec.Command(binary, "serve", "--config", cfg)
+	if ns != "" {
+		cmd = exec.Command("ip", "netns", "exec", ns, binary, "serve", "--config", cfg)
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

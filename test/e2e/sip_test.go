@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -34,7 +35,14 @@ func sipp(t *testing.T, scenario, target string, transport string, users []strin
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	args := []string{"-m", fmt.Sprint(calls), "-i", "127.0.0.1", "-t", transport, "-nostdin", "-timeout", "20s",
+	// "-netns NS" (ours, not sipp's) runs sipp in network namespace NS; a
+	// "-i" in extra replaces the loopback address.
+	ns, extra := netnsArg(extra)
+	local := "127.0.0.1"
+	if i := slices.Index(extra, "-i"); i >= 0 && i+1 < len(extra) {
+		local, extra = extra[i+1], slices.Delete(slices.Clone(extra), i, i+2)
+	}
+	args := []string{"-m", fmt.Sprint(calls), "-i", local, "-t", transport, "-nostdin", "-timeout", "20s",
 		"-timeout_error", "-trace_err", "-error_file", filepath.Join(dir, "errors.log")}
 	if target != "" {
 		args = append([]string{target}, args...)
@@ -50,6 +58,9 @@ func sipp(t *testing.T, scenario, target string, transport string, users []strin
 	}
 	args = append(args, extra...)
 	cmd := exec.CommandContext(ctx, path, args...)
+	if ns != "" {
+		cmd = exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, path}, args...)...)
+	}
 	cmd.Dir = dir
 	out, _ := cmd.CombinedOutput()
 	code := cmd.ProcessState.ExitCode()
@@ -209,6 +220,15 @@ func goSipp(t *testing.T, scenario, target, transport string, users []string, ca
 		res <- fmt.Sprintf("exit %d\n%s", code, out)
 	}()
 	return res
+}
+
+// netnsArg takes "-netns NS" out of args.
+func netnsArg(args []string) (string, []string) {
+	i := slices.Index(args, "-netns")
+	if i < 0 || i+1 >= len(args) {
+		return "", args
+	}
+	return args[i+1], slices.Delete(slices.Clone(args), i, i+2)
 }
 
 func hasArg(args []string, name string) bool {
