@@ -31,6 +31,7 @@ import (
 	"bufio"
 	"context"
 	_ "embed"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -644,8 +645,8 @@ func (t *trio) start(ctx context.Context, dir string) error {
 				peers = append(peers, fmt.Sprintf("nats-route://127.0.0.1:%d", *basePort+33+10*j))
 			}
 		}
-		m.cluster = fmt.Sprintf("cluster:\n  name: bench\n  members: [node-1, node-2, node-3]\n  listen: 127.0.0.1:%d\n  routes_listen: 127.0.0.1:%d\n  peers: [%s]\n",
-			*basePort+32+10*k, *basePort+33+10*k, strings.Join(peers, ", "))
+		m.cluster = fmt.Sprintf("cluster:\n  name: bench\n  members: [node-1, node-2, node-3]\n  routes_listen: 127.0.0.1:%d\n  peers: [%s]\n",
+			*basePort+33+10*k, strings.Join(peers, ", "))
 		mdir := filepath.Join(dir, m.node)
 		if err := os.MkdirAll(mdir, 0o755); err != nil {
 			return err
@@ -688,8 +689,47 @@ func (t *trio) pids() []int {
 }
 
 func (t *trio) stop() {
+	t.peerReport()
 	for _, m := range t.members {
 		m.stop()
+	}
+}
+
+// peerReport prints how each member saw its peers over the run: a peer taken
+// down while every member ran is a false detection (issue 5's goal: none at
+// full load).
+func (t *trio) peerReport() {
+	for _, m := range t.members {
+		req, err := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d/api/v1/cluster", m.httpPort), nil)
+		if err != nil {
+			continue
+		}
+		req.Header.Set("Authorization", "Bearer ccmesh-admin-token-change-me")
+		res, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+		if err != nil {
+			fmt.Printf("   %s: cluster status: %v\n", m.node, err)
+			continue
+		}
+		var st struct {
+			Members []struct {
+				ID     string `json:"id"`
+				Self   bool   `json:"self"`
+				Health string `json:"health"`
+				Downs  uint64 `json:"downs"`
+			} `json:"members"`
+		}
+		err = json.NewDecoder(res.Body).Decode(&st)
+		res.Body.Close()
+		if err != nil {
+			continue
+		}
+		var parts []string
+		for _, p := range st.Members {
+			if !p.Self {
+				parts = append(parts, fmt.Sprintf("%s %s, went down %d times", p.ID, p.Health, p.Downs))
+			}
+		}
+		fmt.Printf("   %s sees: %s\n", m.node, strings.Join(parts, "; "))
 	}
 }
 
