@@ -716,6 +716,7 @@ func (t *trio) peerReport() {
 				Self   bool   `json:"self"`
 				Health string `json:"health"`
 				Downs  uint64 `json:"downs"`
+				Gap    int64  `json:"max_silence_ms"`
 			} `json:"members"`
 		}
 		err = json.NewDecoder(res.Body).Decode(&st)
@@ -726,7 +727,7 @@ func (t *trio) peerReport() {
 		var parts []string
 		for _, p := range st.Members {
 			if !p.Self {
-				parts = append(parts, fmt.Sprintf("%s %s, went down %d times", p.ID, p.Health, p.Downs))
+				parts = append(parts, fmt.Sprintf("%s %s, went down %d times, longest heartbeat gap %d ms", p.ID, p.Health, p.Downs, p.Gap))
 			}
 		}
 		fmt.Printf("   %s sees: %s\n", m.node, strings.Join(parts, "; "))

@@ -37,9 +37,9 @@ type ClusterConfig struct {
 	// owner); past it the request fails and the router moves on (default 250ms).
 	RequestTimeout Duration `yaml:"request_timeout" json:"request_timeout"`
 	// HeartbeatInterval is how often the node tells its peers it is alive
-	// (default 250ms); PeerTimeout is how long a peer may stay silent before
-	// it is down (default 1s): no request goes to it, its agents leave the
-	// routing view. A peer silent for two intervals is suspect.
+	// (default 250ms); PeerTimeout bounds how long after a peer stops it is
+	// down (default 1s): no request goes to it, its agents leave the routing
+	// view. A peer silent for two intervals is suspect.
 	HeartbeatInterval Duration `yaml:"heartbeat_interval" json:"heartbeat_interval"`
 	PeerTimeout       Duration `yaml:"peer_timeout" json:"peer_timeout"`
 	// RouteUser and RoutePassword authenticate the embedded servers' routes to
@@ -178,8 +178,8 @@ func (c *Config) validateCluster(p *problems) {
 	}
 	if cl.HeartbeatInterval < Duration(10*time.Millisecond) || cl.HeartbeatInterval > Duration(10*time.Second) {
 		p.add("cluster.heartbeat_interval", "%q out of range 10ms..10s", cl.HeartbeatInterval)
-	} else if cl.PeerTimeout < 3*cl.HeartbeatInterval || cl.PeerTimeout > Duration(time.Minute) {
-		p.add("cluster.peer_timeout", "%q out of range: at least three heartbeat intervals (%s), at most 1m", cl.PeerTimeout, 3*cl.HeartbeatInterval)
+	} else if cl.PeerTimeout < 4*cl.HeartbeatInterval || cl.PeerTimeout > Duration(time.Minute) {
+		p.add("cluster.peer_timeout", "%q out of range: at least four heartbeat intervals (%s), at most 1m", cl.PeerTimeout, 4*cl.HeartbeatInterval)
 	}
 	for i, a := range c.Agents {
 		if a.Home != "" && !slices.Contains(cl.Members, a.Home) {

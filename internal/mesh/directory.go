@@ -388,6 +388,11 @@ func (m *Mesh) reconcile(old, now map[core.AgentID]ownership) {
 		if was == o {
 			continue
 		}
+		if m.view != nil && was.Node != o.Node {
+			// Routable again if she left a member that is down for one that is
+			// not (or the other way round).
+			m.view.SetUnreachable([]core.AgentID{id}, o.Node != m.p.Node && m.health.state(o.Node) == PeerDown)
+		}
 		switch {
 		case o.Node == m.p.Node:
 			m.mu.Lock()

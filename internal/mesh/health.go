@@ -15,7 +15,11 @@ import (
 
 // Peer health (issue 5, seed 000): every member publishes a heartbeat on
 // hb.<node> every HeartbeatInterval and watches everyone else's. A peer silent
-// for two intervals is suspect; silent for PeerTimeout it is down. NATS route
+// for two intervals is suspect. PeerTimeout bounds detection: a peer that
+// stops is down within it — its last heartbeat may be up to an interval older
+// than its end, and checks run every tenth of an interval, so it is down once
+// silent for PeerTimeout less an interval and a check period (725 ms with the
+// defaults: three heartbeats missed). NATS route
 // pings alone take tens of seconds to notice a silent partition; heartbeats
 // measure the path end to end. While a peer is down this node refrains: no
 // request is sent to it (they fail at once), requests in flight to it end, its
@@ -50,19 +54,26 @@ type peer struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	downs  uint64
+	// maxGap is the longest silence between two heartbeats while up: the
+	// margin left before a false detection.
+	maxGap time.Duration
 	// sent counts requests sent to the peer; refrained those not sent
 	// because it was down.
 	sent, refrained atomic.Uint64
 }
 
 type health struct {
-	interval, timeout time.Duration
-	mu                sync.Mutex
-	peers             map[core.NodeID]*peer
+	interval time.Duration
+	// every is how often silences are checked; downAfter the silence that
+	// makes a peer down.
+	every, downAfter time.Duration
+	mu               sync.Mutex
+	peers            map[core.NodeID]*peer
 }
 
 func newHealth(members []core.NodeID, self core.NodeID, interval, timeout time.Duration) *health {
-	h := &health{interval: interval, timeout: timeout, peers: map[core.NodeID]*peer{}}
+	every := max(interval/10, time.Millisecond)
+	h := &health{interval: interval, every: every, downAfter: max(timeout-interval-every, 2*interval+every), peers: map[core.NodeID]*peer{}}
 	now := time.Now()
 	for _, n := range members {
 		if n == self {
@@ -111,6 +122,7 @@ func (h *health) heard(n core.NodeID, now time.Time) (transition, bool) {
 	silent := now.Sub(p.last)
 	p.last = now
 	if p.state == PeerUp {
+		p.maxGap = max(p.maxGap, silent)
 		return transition{}, false
 	}
 	t := transition{peer: n, from: p.state, to: PeerUp, silent: silent}
@@ -130,7 +142,7 @@ func (h *health) check(now time.Time) []transition {
 		silent := now.Sub(p.last)
 		to := p.state
 		switch {
-		case p.state != PeerDown && silent > h.timeout:
+		case p.state != PeerDown && silent > h.downAfter:
 			to = PeerDown
 		case p.state == PeerUp && silent > 2*h.interval:
 			to = PeerSuspect
@@ -152,7 +164,7 @@ func (h *health) check(now time.Time) []transition {
 func (m *Mesh) runHealth(ctx context.Context) {
 	beat := time.NewTicker(m.health.interval)
 	defer beat.Stop()
-	watch := time.NewTicker(max(m.health.interval/5, 5*time.Millisecond))
+	watch := time.NewTicker(m.health.every)
 	defer watch.Stop()
 	var seq uint64
 	m.sendHeartbeat(&seq)

@@ -48,7 +48,10 @@ type MemberState struct {
 	SinceMillis int64 `json:"since_ms"`
 	// Downs counts the times it went down; RequestsSent the requests sent to
 	// it, RequestsRefrained those not sent because it was down.
-	Downs             uint64 `json:"downs"`
+	Downs uint64 `json:"downs"`
+	// MaxSilenceMillis is the longest gap between two of its heartbeats
+	// while it was up: how close it came to being taken down.
+	MaxSilenceMillis  int64  `json:"max_silence_ms"`
 	RequestsSent      uint64 `json:"requests_sent"`
 	RequestsRefrained uint64 `json:"requests_refrained"`
 }
@@ -84,7 +87,7 @@ func (m *Mesh) Status() Status {
 			ms.LastSeenMillis, ms.Health = 0, "self"
 			continue
 		}
-		ms.Health, ms.SinceMillis, ms.Downs = string(p.state), now.Sub(p.since).Milliseconds(), p.downs
+		ms.Health, ms.SinceMillis, ms.Downs, ms.MaxSilenceMillis = string(p.state), now.Sub(p.since).Milliseconds(), p.downs, p.maxGap.Milliseconds()
 		ms.RequestsSent, ms.RequestsRefrained = p.sent.Load(), p.refrained.Load()
 		if !p.last.IsZero() {
 			ms.LastSeenMillis = now.Sub(p.last).Milliseconds()
