@@ -52,6 +52,7 @@ type lease struct {
 	interaction core.InteractionID
 	channel     core.Channel
 	holder      core.NodeID // "" for this node
+	granted     time.Time
 	state       leaseState
 	timer       clock.Timer // offer expiry while offered, wrap-up end while wrapping up
 }
@@ -464,7 +465,7 @@ func (m *Manager) reserveLocked(req ReserveRequest) (Grant, error) {
 		return Grant{}, &DenyError{Agent: req.Agent, Reason: DenyNoDevice}
 	}
 	m.nextLease++
-	l := &lease{id: m.nextLease, interaction: req.Interaction, channel: req.Channel, holder: req.Holder, state: leaseOffered}
+	l := &lease{id: m.nextLease, interaction: req.Interaction, channel: req.Channel, holder: req.Holder, state: leaseOffered, granted: m.clock.Now()}
 	a.leases[l.id] = l
 	a.offered[ci]++
 	tok := m.token(a, l)

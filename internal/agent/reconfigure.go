@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"time"
 
 	"github.com/ccmesh/ccmesh/internal/config"
 	"github.com/ccmesh/ccmesh/internal/core"
@@ -152,9 +153,11 @@ func (m *Manager) forgetLocked(a *agentState) {
 // ReconcileHolder settles the leases node holds here after a link to it was
 // down (heal): those it still holds (keep) are kept and returned; the others,
 // whose interactions ended at node while the link was down, are revoked — the
-// agent is not left reserved or busy by a lease that died with the link.
+// agent is not left reserved or busy by a lease that died with the link —
+// unless granted at or after grantedBefore (node's list is a snapshot that may
+// miss a lease granted just before it; those are kept and returned).
 // Nothing is reported to the observer: node no longer holds them.
-func (m *Manager) ReconcileHolder(node core.NodeID, keep map[Token]bool) (live []Token, revoked int) {
+func (m *Manager) ReconcileHolder(node core.NodeID, keep map[Token]bool, grantedBefore time.Time) (live []Token, revoked int) {
 	if node == "" {
 		return nil, 0
 	}
@@ -166,7 +169,7 @@ func (m *Manager) ReconcileHolder(node core.NodeID, keep map[Token]bool) (live [
 			if l.holder != node {
 				continue
 			}
-			if tok := m.token(a, l); keep[tok] {
+			if tok := m.token(a, l); keep[tok] || !l.granted.Before(grantedBefore) {
 				live = append(live, tok)
 				continue
 			}

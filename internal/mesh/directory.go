@@ -340,7 +340,6 @@ func (m *Mesh) parseEntry(e jetstream.KeyValueEntry) (ownership, bool) {
 // cache said (entries it lacks, fences from a bucket since re-created).
 func (m *Mesh) resetMoves(entries map[core.AgentID]ownership) {
 	m.dir.moveMu.Lock()
-	defer m.dir.moveMu.Unlock()
 	m.dir.mu.Lock()
 	m.dir.moved = entries
 	old, now := m.dir.rebuildLocked()
@@ -348,7 +347,9 @@ func (m *Mesh) resetMoves(entries map[core.AgentID]ownership) {
 		m.logger.Warn("mesh: directory not cached", "err", err)
 	}
 	m.dir.mu.Unlock()
-	m.reconcile(old, now)
+	changed := m.reconcile(old, now)
+	m.dir.moveMu.Unlock()
+	m.refreshReach(changed)
 }
 
 // recordMove applies a directory entry (zero: none, the configured owner) if it
@@ -359,7 +360,6 @@ func (m *Mesh) recordMove(id core.AgentID, o ownership) {
 	// in one order: the watch and a claim racing must not let an older
 	// change's release undo a newer change's adoption.
 	m.dir.moveMu.Lock()
-	defer m.dir.moveMu.Unlock()
 	m.dir.mu.Lock()
 	cur, ok := m.dir.moved[id]
 	switch {
@@ -367,6 +367,7 @@ func (m *Mesh) recordMove(id core.AgentID, o ownership) {
 		delete(m.dir.moved, id)
 	case ok && cur.Fence >= o.Fence:
 		m.dir.mu.Unlock()
+		m.dir.moveMu.Unlock()
 		return // known already (this node wrote it, or a later move is)
 	default:
 		m.dir.moved[id] = o
@@ -376,22 +377,44 @@ func (m *Mesh) recordMove(id core.AgentID, o ownership) {
 		m.logger.Warn("mesh: directory not cached", "err", err)
 	}
 	m.dir.mu.Unlock()
-	m.reconcile(old, now)
+	changed := m.reconcile(old, now)
+	m.dir.moveMu.Unlock()
+	m.refreshReach(changed)
+}
+
+// refreshReach marks agents whose owner changed routable or not by their new
+// owner's health: out of routing if it is another member and down. Called
+// without moveMu held (the router may reserve while offering work).
+func (m *Mesh) refreshReach(ids []core.AgentID) {
+	if m.view == nil || len(ids) == 0 {
+		return
+	}
+	m.reachMu.Lock()
+	defer m.reachMu.Unlock()
+	var down, up []core.AgentID
+	for _, id := range ids {
+		if o := m.dir.get(id).Node; o != m.p.Node && m.health.state(o) == PeerDown {
+			down = append(down, id)
+		} else {
+			up = append(up, id)
+		}
+	}
+	m.view.SetUnreachable(down, true)
+	m.view.SetUnreachable(up, false)
 }
 
 // reconcile makes the local agent manager hold exactly the agents the
 // directory gives this node: it adopts those that moved here and lets go of
-// those that moved away (see letGo for one busy here).
-func (m *Mesh) reconcile(old, now map[core.AgentID]ownership) {
+// those that moved away (see letGo for one busy here). It returns the agents
+// whose owner changed (for refreshReach, once moveMu is released).
+func (m *Mesh) reconcile(old, now map[core.AgentID]ownership) (changed []core.AgentID) {
 	for id, o := range now {
 		was := old[id]
 		if was == o {
 			continue
 		}
-		if m.view != nil && was.Node != o.Node {
-			// Routable again if she left a member that is down for one that is
-			// not (or the other way round).
-			m.view.SetUnreachable([]core.AgentID{id}, o.Node != m.p.Node && m.health.state(o.Node) == PeerDown)
+		if was.Node != o.Node {
+			changed = append(changed, id)
 		}
 		switch {
 		case o.Node == m.p.Node:
@@ -408,6 +431,7 @@ func (m *Mesh) reconcile(old, now map[core.AgentID]ownership) {
 			m.letGo(id, "moved")
 		}
 	}
+	return changed
 }
 
 // letGo stops owning an agent that moved away. One still holding work here
@@ -604,7 +628,14 @@ func (m *Mesh) syncEntry(id core.AgentID) error {
 // applied in between, and the agents that moved here keep their fences.
 func (m *Mesh) SetAgents(agents []config.Agent, apply func(owned []config.Agent)) {
 	m.dir.moveMu.Lock()
-	defer m.dir.moveMu.Unlock()
+	defer func() {
+		m.dir.moveMu.Unlock()
+		ids := make([]core.AgentID, len(agents))
+		for i, a := range agents {
+			ids[i] = a.ID
+		}
+		m.refreshReach(ids) // new agents of a member that is down stay out of routing
+	}()
 	m.dir.mu.Lock()
 	_, now := m.dir.setAgentsLocked(agents)
 	m.dir.mu.Unlock()

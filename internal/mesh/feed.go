@@ -160,17 +160,7 @@ func (m *Mesh) resync(node core.NodeID) {
 	}()
 	wait := 100 * time.Millisecond
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
-		r, err := m.call(node, request{Op: opSnapshot})
-		if err == nil {
-			m.apply(node, r.Agents)
-			m.mu.Lock()
-			if m.feedGen[node] != r.FeedGen || r.FeedSeq > m.feedSeq[node] {
-				m.feedGen[node], m.feedSeq[node] = r.FeedGen, r.FeedSeq
-			}
-			m.mu.Unlock()
-			return
-		}
-		if m.nc.IsClosed() {
+		if m.fetchSnapshot(node) == nil || m.nc.IsClosed() {
 			return
 		}
 		time.Sleep(wait)
@@ -179,23 +169,42 @@ func (m *Mesh) resync(node core.NodeID) {
 	m.logger.Info("mesh: no snapshot from a member yet", "node", node)
 }
 
+// fetchSnapshot asks node for its agents' states and applies them, with the
+// feed position they were taken at.
+func (m *Mesh) fetchSnapshot(node core.NodeID) error {
+	r, err := m.call(node, request{Op: opSnapshot})
+	if err != nil {
+		return err
+	}
+	m.apply(node, r.Agents)
+	m.mu.Lock()
+	if m.feedGen[node] != r.FeedGen || r.FeedSeq > m.feedSeq[node] {
+		m.feedGen[node], m.feedSeq[node] = r.FeedGen, r.FeedSeq
+	}
+	m.mu.Unlock()
+	return nil
+}
+
 // noteBoot watches each member's run: when a member that held leases here
 // comes back as a new run, its previous run's interactions are gone (they
 // failed at its start), so the leases it held are revoked here — the agents
 // are not left reserved or busy by a holder that no longer exists.
-func (m *Mesh) noteBoot(node core.NodeID, boot uint64) {
+// It reports whether node came back as a new run.
+func (m *Mesh) noteBoot(node core.NodeID, boot uint64) bool {
 	if boot == 0 {
-		return
+		return false
 	}
 	m.mu.Lock()
 	prev := m.boots[node]
 	m.boots[node] = boot
 	m.mu.Unlock()
-	if prev != 0 && prev != boot {
-		if n := m.p.Local.RevokeHolder(node); n > 0 {
-			m.logger.Info("mesh: a member restarted; its leases here revoked", "node", node, "leases", n)
-		}
+	if prev == 0 || prev == boot {
+		return false
 	}
+	if n := m.p.Local.RevokeHolder(node); n > 0 {
+		m.logger.Info("mesh: a member restarted; its leases here revoked", "node", node, "leases", n)
+	}
+	return true
 }
 
 // leaseMsg is a lease that ended at its owner, for the node holding it.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -42,10 +41,14 @@ type heartbeat struct {
 	From core.NodeID `json:"from"`
 	Boot uint64      `json:"boot"`
 	Seq  uint64      `json:"seq"`
+	// Epoch is the sender's agent-owner epoch: its leases' tokens carry it.
+	Epoch uint64 `json:"epoch"`
+	// IntervalMillis is the sender's heartbeat interval: a peer beating less
+	// often than this node is judged by its own interval.
+	IntervalMillis int64 `json:"interval_ms"`
 }
 
-// peer is one other member's health. Its fields are guarded by health.mu but
-// the counters, which are atomic.
+// peer is one other member's health, guarded by health.mu.
 type peer struct {
 	state PeerState
 	last  time.Time // last heartbeat; zero: never heard
@@ -53,13 +56,18 @@ type peer struct {
 	// ctx ends when the peer goes down: requests in flight to it end with it.
 	ctx    context.Context
 	cancel context.CancelFunc
-	downs  uint64
-	// maxGap is the longest silence between two heartbeats while up: the
-	// margin left before a false detection.
+	// downs counts the times it went down (also the generation a heal checks).
+	downs uint64
+	// maxGap is the longest silence between two heartbeats while not down:
+	// the margin left before a false detection.
 	maxGap time.Duration
+	// interval is the peer's own heartbeat interval (0: not heard yet).
+	interval time.Duration
+	// epoch is the peer's agent-owner epoch, from its heartbeats.
+	epoch uint64
 	// sent counts requests sent to the peer; refrained those not sent
-	// because it was down.
-	sent, refrained atomic.Uint64
+	// because it was down or had just missed one.
+	sent, refrained uint64
 }
 
 type health struct {
@@ -69,6 +77,7 @@ type health struct {
 	every, downAfter time.Duration
 	mu               sync.Mutex
 	peers            map[core.NodeID]*peer
+	lastCheck        time.Time
 }
 
 func newHealth(members []core.NodeID, self core.NodeID, interval, timeout time.Duration) *health {
@@ -86,46 +95,82 @@ func newHealth(members []core.NodeID, self core.NodeID, interval, timeout time.D
 	return h
 }
 
-// peerContext returns a peer's state and the context its requests run under
-// (nil for a node that is not a peer).
-func (h *health) peerContext(n core.NodeID) (PeerState, context.Context, *peer) {
+// admit decides whether a request may go to peer n and counts it: refused
+// (refrained) while n is down or skip is set, else sent under the context
+// that ends if n goes down. ok is false for a node that is not a peer.
+func (h *health) admit(n core.NodeID, skip bool) (state PeerState, ctx context.Context, ok bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	p, ok := h.peers[n]
 	if !ok {
-		return "", nil, nil
+		return "", nil, false
 	}
-	return p.state, p.ctx, p
+	if p.state == PeerDown || skip {
+		p.refrained++
+		return p.state, nil, true
+	}
+	p.sent++
+	return p.state, p.ctx, true
 }
 
 // state returns a peer's state ("" for a node that is not a peer).
 func (h *health) state(n core.NodeID) PeerState {
-	s, _, _ := h.peerContext(n)
-	return s
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if p, ok := h.peers[n]; ok {
+		return p.state
+	}
+	return ""
+}
+
+// generation returns a peer's state and how many times it went down.
+func (h *health) generation(n core.NodeID) (PeerState, uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if p, ok := h.peers[n]; ok {
+		return p.state, p.downs
+	}
+	return "", 0
+}
+
+// epoch returns the peer's agent-owner epoch as its heartbeats tell (0: unknown).
+func (h *health) epoch(n core.NodeID) uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if p, ok := h.peers[n]; ok {
+		return p.epoch
+	}
+	return 0
 }
 
 // transition is a peer's change of state.
 type transition struct {
 	peer     core.NodeID
 	from, to PeerState
-	silent   time.Duration
+	// silent is how long it had been silent; never is set when it had never
+	// been heard.
+	silent time.Duration
+	never  bool
 }
 
 // heard records a heartbeat; a peer that was not up is up again.
-func (h *health) heard(n core.NodeID, now time.Time) (transition, bool) {
+func (h *health) heard(hb heartbeat, now time.Time) (transition, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	p, ok := h.peers[n]
+	p, ok := h.peers[hb.From]
 	if !ok {
 		return transition{}, false
 	}
-	silent := now.Sub(p.last)
-	p.last = now
-	if p.state == PeerUp {
+	never, silent := p.last.IsZero(), now.Sub(p.last)
+	p.last, p.epoch = now, hb.Epoch
+	p.interval = time.Duration(hb.IntervalMillis) * time.Millisecond
+	if p.state == PeerUp || p.state == PeerSuspect && !never {
 		p.maxGap = max(p.maxGap, silent)
+	}
+	if p.state == PeerUp {
 		return transition{}, false
 	}
-	t := transition{peer: n, from: p.state, to: PeerUp, silent: silent}
+	t := transition{peer: hb.From, from: p.state, to: PeerUp, silent: silent, never: never}
 	if p.state == PeerDown {
 		p.ctx, p.cancel = context.WithCancel(context.Background())
 	}
@@ -133,18 +178,30 @@ func (h *health) heard(n core.NodeID, now time.Time) (transition, bool) {
 	return t, true
 }
 
-// check moves silent peers to suspect or down.
+// check moves silent peers to suspect or down. After a stall of this node
+// (the check itself came late) it only takes note: the heartbeats that
+// arrived meanwhile have not been read yet, and every peer would look silent.
 func (h *health) check(now time.Time) []transition {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	stalled := !h.lastCheck.IsZero() && now.Sub(h.lastCheck) > 4*h.every+50*time.Millisecond
+	h.lastCheck = now
+	if stalled {
+		return nil
+	}
 	var out []transition
 	for n, p := range h.peers {
 		silent := now.Sub(p.last)
+		// A peer beating less often than this node is judged by its interval.
+		suspectAfter, downAfter := 2*h.interval, h.downAfter
+		if p.interval > h.interval {
+			suspectAfter, downAfter = 2*p.interval, max(downAfter, 3*p.interval)
+		}
 		to := p.state
 		switch {
-		case p.state != PeerDown && silent > h.downAfter:
+		case p.state != PeerDown && silent > downAfter:
 			to = PeerDown
-		case p.state == PeerUp && silent > 2*h.interval:
+		case p.state == PeerUp && silent > suspectAfter:
 			to = PeerSuspect
 		}
 		if to == p.state {
@@ -160,31 +217,52 @@ func (h *health) check(now time.Time) []transition {
 	return out
 }
 
-// runHealth publishes this node's heartbeats and watches its peers' until ctx ends.
+// runHealth publishes this node's heartbeats, watches its peers' and acts on
+// their changes, until ctx ends. Each runs on its own goroutine: acting on a
+// change (the event log, the router's lock) must never delay a heartbeat,
+// or this node's peers would take it down.
 func (m *Mesh) runHealth(ctx context.Context) {
-	beat := time.NewTicker(m.health.interval)
-	defer beat.Stop()
-	watch := time.NewTicker(m.health.every)
-	defer watch.Stop()
-	var seq uint64
-	m.sendHeartbeat(&seq)
+	go func() {
+		beat := time.NewTicker(m.health.interval)
+		defer beat.Stop()
+		var seq uint64
+		for {
+			m.sendHeartbeat(&seq)
+			select {
+			case <-ctx.Done():
+				return
+			case <-beat.C:
+			}
+		}
+	}()
+	go func() {
+		watch := time.NewTicker(m.health.every)
+		defer watch.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-watch.C:
+				for _, t := range m.health.check(now) {
+					m.transitions <- t
+				}
+			}
+		}
+	}()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-beat.C:
-			m.sendHeartbeat(&seq)
-		case now := <-watch.C:
-			for _, t := range m.health.check(now) {
-				m.peerChanged(t)
-			}
+		case t := <-m.transitions:
+			m.peerChanged(t)
 		}
 	}
 }
 
 func (m *Mesh) sendHeartbeat(seq *uint64) {
 	*seq++
-	data, err := json.Marshal(heartbeat{From: m.p.Node, Boot: m.boot, Seq: *seq})
+	data, err := json.Marshal(heartbeat{From: m.p.Node, Boot: m.boot, Seq: *seq, Epoch: m.p.Local.Epoch(),
+		IntervalMillis: m.health.interval.Milliseconds()})
 	if err == nil {
 		err = m.nc.Publish(m.subject("hb", m.p.Node), data)
 	}
@@ -203,9 +281,12 @@ func (m *Mesh) onHeartbeat(msg *nats.Msg) {
 	if hb.From == m.p.Node {
 		return
 	}
-	m.noteBoot(hb.From, hb.Boot)
-	if t, changed := m.health.heard(hb.From, time.Now()); changed {
-		m.peerChanged(t)
+	if m.noteBoot(hb.From, hb.Boot) && m.health.state(hb.From) != PeerDown {
+		// Restarted faster than it could be taken down: heal as after a down.
+		m.transitions <- transition{peer: hb.From, from: PeerDown, to: PeerUp}
+	}
+	if t, changed := m.health.heard(hb, time.Now()); changed {
+		m.transitions <- t
 	}
 }
 
@@ -213,7 +294,7 @@ func (m *Mesh) onHeartbeat(msg *nats.Msg) {
 // refrain (down) or heal (up after down).
 func (m *Mesh) peerChanged(t transition) {
 	silent := t.silent
-	if silent > time.Hour { // never heard before
+	if t.never {
 		silent = 0
 	}
 	_, _ = m.p.Log.Append(events.Event{Time: time.Now().UTC(), Type: events.TypePeer,
@@ -221,15 +302,31 @@ func (m *Mesh) peerChanged(t transition) {
 	switch {
 	case t.to == PeerDown:
 		m.logger.Warn("mesh: peer down; refraining from it", "peer", t.peer, "silent", silent.Round(time.Millisecond).String())
-		if m.view != nil {
-			m.view.SetUnreachable(m.ownedBy(t.peer), true)
-		}
+		m.setReachable(t.peer, false, 0)
 	case t.to == PeerSuspect:
 		m.logger.Info("mesh: peer suspect", "peer", t.peer, "silent", silent.Round(time.Millisecond).String())
 	case t.from == PeerDown:
 		m.logger.Info("mesh: peer up", "peer", t.peer)
-		go m.heal(t.peer)
+		_, gen := m.health.generation(t.peer)
+		go m.heal(t.peer, gen)
 	}
+}
+
+// setReachable takes a peer's agents out of routing (down) or brings them back
+// — the latter only if the peer has not gone down again since generation gen.
+// Serialised, so a heal finishing late cannot undo a newer down.
+func (m *Mesh) setReachable(n core.NodeID, reachable bool, gen uint64) {
+	if m.view == nil {
+		return
+	}
+	m.reachMu.Lock()
+	defer m.reachMu.Unlock()
+	if reachable {
+		if state, downs := m.health.generation(n); state == PeerDown || downs != gen {
+			return
+		}
+	}
+	m.view.SetUnreachable(m.ownedBy(n), !reachable)
 }
 
 // ownedBy lists the agents a node owns.
@@ -243,13 +340,19 @@ func (m *Mesh) ownedBy(n core.NodeID) []core.AgentID {
 	return out
 }
 
-// heal brings a peer back after it was down: its agents' states are fetched
-// afresh before they return to the routing view, and the leases held across
-// the link are reconciled both ways.
-func (m *Mesh) heal(n core.NodeID) {
-	m.resync(n)
-	if m.view != nil && m.health.state(n) == PeerUp {
-		m.view.SetUnreachable(m.ownedBy(n), false)
+// heal brings a peer back after it was down (generation gen): its agents'
+// states are fetched afresh before they return to the routing view, then the
+// leases held across the link are reconciled.
+func (m *Mesh) heal(n core.NodeID, gen uint64) {
+	for wait := 100 * time.Millisecond; ; wait = min(2*wait, 2*time.Second) {
+		if state, downs := m.health.generation(n); state == PeerDown || downs != gen || m.nc.IsClosed() {
+			return // down again: the next heal will do it
+		}
+		if err := m.fetchSnapshot(n); err == nil {
+			break
+		}
+		time.Sleep(wait)
 	}
-	m.reconcileLeases(n)
+	m.setReachable(n, true, gen)
+	m.reconcileLeases(n, gen)
 }

@@ -23,15 +23,16 @@ func TestPeerHealthStates(t *testing.T) {
 		t.Fatalf("at start: n2 %q, self %q", h.state("n2"), h.state("n1"))
 	}
 	t0 := time.Now()
-	if tr, ok := h.heard("n2", t0); !ok || tr.from != PeerDown || tr.to != PeerUp {
+	if tr, ok := h.heard(heartbeat{From: "n2", Epoch: 7}, t0); !ok || tr.from != PeerDown || tr.to != PeerUp || !tr.never {
 		t.Fatalf("first heartbeat: %+v %v", tr, ok)
 	}
-	_, ctx, _ := h.peerContext("n2")
+	_, ctx, _ := h.admit("n2", false)
 	steps := []struct {
 		after time.Duration
 		want  PeerState
 	}{{400 * time.Millisecond, PeerUp}, {600 * time.Millisecond, PeerSuspect}, {700 * time.Millisecond, PeerSuspect}, {730 * time.Millisecond, PeerDown}}
 	for _, s := range steps {
+		h.lastCheck = t0.Add(s.after) // checks every 25 ms: no stall
 		h.check(t0.Add(s.after))
 		if got := h.state("n2"); got != s.want {
 			t.Fatalf("after %v silent: %s, want %s", s.after, got, s.want)
@@ -40,11 +41,19 @@ func TestPeerHealthStates(t *testing.T) {
 	if ctx.Err() == nil {
 		t.Fatal("requests in flight to a down peer were not ended")
 	}
-	if _, ok := h.heard("n2", t0.Add(2*time.Second)); !ok || h.state("n2") != PeerUp {
+	if _, ctx, _ := h.admit("n2", false); ctx != nil {
+		t.Fatal("a request was admitted to a down peer")
+	}
+	if _, ok := h.heard(heartbeat{From: "n2", Epoch: 7}, t0.Add(2*time.Second)); !ok || h.state("n2") != PeerUp || h.epoch("n2") != 7 {
 		t.Fatal("a heartbeat did not bring the peer back")
 	}
-	if _, ctx, _ := h.peerContext("n2"); ctx.Err() != nil {
+	if _, ctx, _ := h.admit("n2", false); ctx == nil || ctx.Err() != nil {
 		t.Fatal("a peer back up kept its ended context")
+	}
+	// A stall of this node (a check long overdue) takes nobody down.
+	h.lastCheck = t0.Add(2 * time.Second)
+	if out := h.check(t0.Add(4 * time.Second)); len(out) != 0 || h.state("n2") != PeerUp {
+		t.Fatalf("a stall took peers down: %+v", out)
 	}
 }
 
@@ -66,22 +75,28 @@ func TestDeadPeerIsRefrainedFrom(t *testing.T) {
 	n3.mesh.Close() // n3 dies: no heartbeat, no answer
 	eventually(t, "n1 taking n3 as down", func() bool { return n1.mesh.health.state("n3") == PeerDown })
 	detect := time.Since(silent)
-	if detect > 1200*time.Millisecond {
+	if detect > 3*time.Second { // a bound, not a benchmark (BenchmarkPeerDownDetection)
 		t.Fatalf("detection took %v (peer_timeout 1 s)", detect)
 	}
-	_, _, p := n1.mesh.health.peerContext("n3")
-	sent := p.sent.Load()
+	sentNow := func() (uint64, uint64) {
+		n1.mesh.health.mu.Lock()
+		defer n1.mesh.health.mu.Unlock()
+		p := n1.mesh.health.peers["n3"]
+		return p.sent, p.refrained
+	}
+	sent, _ := sentNow()
 	start := time.Now()
 	_, err := n1.mesh.Reserve(agent.ReserveRequest{Agent: "ann", Interaction: "ix-x", Channel: core.ChannelTask, TTL: time.Minute})
-	if !errors.Is(err, ErrOwnerUnreachable) || time.Since(start) > 20*time.Millisecond {
+	if !errors.Is(err, ErrOwnerUnreachable) || time.Since(start) > 200*time.Millisecond { // fails without asking: no request timeout
 		t.Fatalf("reserve at a down owner: %v after %v", err, time.Since(start))
 	}
-	if p.sent.Load() != sent || p.refrained.Load() == 0 {
-		t.Fatalf("requests sent to a down peer: %d → %d (refrained %d)", sent, p.sent.Load(), p.refrained.Load())
+	if after, refrained := sentNow(); after != sent || refrained == 0 {
+		t.Fatalf("requests sent to a down peer: %d → %d (refrained %d)", sent, after, refrained)
 	}
-	if st, _ := n1.router.Stats("q"); st.AgentsReady != 1 {
-		t.Fatalf("n1's routing view still counts n3's agent: %+v", st)
-	}
+	eventually(t, "n3's agent out of n1's routing view", func() bool {
+		st, _ := n1.router.Stats("q")
+		return st.AgentsReady == 1
+	})
 	ix, _, err := n1.ix.Create(interaction.CreateRequest{Channel: core.ChannelTask, Queue: "q"})
 	must(t, err)
 	eventually(t, "the interaction offered to bob (n2)", func() bool {
@@ -155,4 +170,55 @@ func TestAgentTakenOverFromADeadMember(t *testing.T) {
 		got, _ := n1.ix.Get(ix.ID)
 		return got.State == string(interaction.StateOffered) && got.Agent == "ann"
 	})
+}
+
+// A heal settles the leases held across the link: the owner revokes a lease
+// the holder no longer holds (its notice was lost during the cut), keeps the
+// one it still holds, and a lease granted just before the holder's list is
+// kept too.
+func TestHealReconcilesLeases(t *testing.T) {
+	agents := []config.Agent{taskAgent("hal", "n2", 3)}
+	nodes := startCluster(t, agents, []config.Queue{taskQueue("q")}, nil)
+	n1, n2 := node(nodes, "n1"), node(nodes, "n2")
+	ready(t, n2, "hal")
+	// A lease whose interaction n1 no longer holds (as if its end was lost).
+	_, err := n1.mesh.Reserve(agent.ReserveRequest{Agent: "hal", Interaction: "ix-ghost", Channel: core.ChannelTask, TTL: time.Hour})
+	must(t, err)
+	ix, _, err := n1.ix.Create(interaction.CreateRequest{Channel: core.ChannelTask, Queue: "q"})
+	must(t, err)
+	eventually(t, "the interaction offered to hal", func() bool {
+		got, _ := n1.ix.Get(ix.ID)
+		return got.State == string(interaction.StateOffered)
+	})
+	time.Sleep(reconcileGrace + 100*time.Millisecond) // both leases older than the grace
+	// A fresh lease the holder's list cannot show yet.
+	_, err = n1.mesh.Reserve(agent.ReserveRequest{Agent: "hal", Interaction: "ix-fresh", Channel: core.ChannelTask, TTL: time.Hour})
+	must(t, err)
+	offered := func() int {
+		v, _ := n2.agents.Snapshot("hal")
+		for _, l := range v.State.Load {
+			if l.Channel == core.ChannelTask {
+				return l.Offered
+			}
+		}
+		return -1
+	}
+	if got := offered(); got != 3 {
+		t.Fatalf("hal's offers before the heal: %d", got)
+	}
+	// n1 takes n2 as down (as after a cut), then its next heartbeat brings it back.
+	now := time.Now().Add(5 * time.Second)
+	n1.mesh.health.mu.Lock()
+	n1.mesh.health.lastCheck = now
+	n1.mesh.health.mu.Unlock()
+	for _, tr := range n1.mesh.health.check(now) {
+		n1.mesh.transitions <- tr
+	}
+	eventually(t, "the heal revoking the lost lease only", func() bool { return offered() == 2 })
+	if got, _ := n1.ix.Get(ix.ID); got.State != string(interaction.StateOffered) {
+		t.Fatalf("the interaction n1 holds after the heal: %+v", got)
+	}
+	if n1.mesh.health.state("n2") != PeerUp {
+		t.Fatal("n2 not up again")
+	}
 }

@@ -78,11 +78,15 @@ type Params struct {
 // Mesh is this node's membership in the cluster. Create it with New, Wire it,
 // then Run it. Its methods are safe for concurrent use.
 type Mesh struct {
-	p       Params
-	prefix  string
-	dir     *directory
-	shared  sharedConfig
-	health  *health
+	p      Params
+	prefix string
+	dir    *directory
+	shared sharedConfig
+	health *health
+	// transitions carries peers' changes of health to the goroutine acting on them.
+	transitions chan transition
+	// reachMu orders taking a peer's agents out of routing and bringing them back.
+	reachMu sync.Mutex
 	timeout time.Duration
 	srv     *server.Server // nil with an external NATS
 	nc      *nats.Conn
@@ -135,6 +139,7 @@ func New(p Params) (*Mesh, error) {
 		peerTimeout = config.DefaultPeerTimeout.D()
 	}
 	m.health = newHealth(p.Config.Members, p.Node, interval, peerTimeout)
+	m.transitions = make(chan transition, 256)
 	// Agents that moved before the last stop are where the cached directory
 	// says, until the replicated one is read.
 	configured := *m.dir.owners.Load()

@@ -128,22 +128,18 @@ func (m *Mesh) request(node core.NodeID, req request, timeout time.Duration, ski
 	// routing (ADR 0006); one probe per downFor is enough to see it return.
 	// Refrain (issue 5): nothing is sent to a peer that is down, and a request
 	// in flight ends when its peer goes down.
-	state, peerCtx, p := m.health.peerContext(node)
-	if p == nil {
-		return reply{}, fmt.Errorf("mesh: %s to %s: not a member", req.Op, node)
-	}
-	if state == PeerDown {
-		p.refrained.Add(1)
-		return reply{}, fmt.Errorf("mesh: %s to %s: %w (down)", req.Op, node, ErrOwnerUnreachable)
-	}
 	m.mu.Lock()
-	until := m.downUntil[node]
+	missed := skipDown && time.Now().Before(m.downUntil[node])
 	m.mu.Unlock()
-	if skipDown && time.Now().Before(until) {
-		p.refrained.Add(1)
+	state, peerCtx, ok := m.health.admit(node, missed)
+	switch {
+	case !ok:
+		return reply{}, fmt.Errorf("mesh: %s to %s: not a member", req.Op, node)
+	case peerCtx == nil && state == PeerDown:
+		return reply{}, fmt.Errorf("mesh: %s to %s: %w (down)", req.Op, node, ErrOwnerUnreachable)
+	case peerCtx == nil:
 		return reply{}, fmt.Errorf("mesh: %s to %s: %w (did not answer just before)", req.Op, node, ErrOwnerUnreachable)
 	}
-	p.sent.Add(1)
 	ctx, cancel := context.WithTimeout(peerCtx, timeout)
 	defer cancel()
 	msg, err := m.nc.RequestWithContext(ctx, m.subject("rpc", node), data)
@@ -313,7 +309,7 @@ func (m *Mesh) handle(req request) reply {
 				keep[tok] = true
 			}
 		}
-		live, revoked := m.p.Local.ReconcileHolder(req.From, keep)
+		live, revoked := m.p.Local.ReconcileHolder(req.From, keep, time.Now().Add(-reconcileGrace))
 		if revoked > 0 {
 			m.logger.Info("mesh: leases a peer no longer holds revoked", "peer", req.From, "revoked", revoked)
 		}
@@ -420,28 +416,41 @@ func (m *Mesh) Snapshots() []agent.View {
 	return out
 }
 
-// reconcileLeases settles, after the link to owner n was down, the leases this
-// node holds there: the owner keeps those still held here and revokes the
-// others; those the owner no longer has (they expired or were revoked while
-// notices could not cross) end here as revoked, so their interactions move on.
-func (m *Mesh) reconcileLeases(n core.NodeID) {
+// reconcileLeases settles, after the link to owner n was down (generation
+// gen), the leases this node holds there: it sends the tokens of n's current
+// run it still holds; n keeps those, revokes its older leases for this node
+// that are not among them, and answers which it kept. An offer whose lease n
+// no longer has goes back to its queue here; a call whose lease is gone goes
+// on (its media is here) — only the owner's bookkeeping of it ended.
+func (m *Mesh) reconcileLeases(n core.NodeID, gen uint64) {
 	held, ok := m.leases.(interface {
 		HeldTokens() map[core.InteractionID]agent.Token
 	})
-	if !ok {
+	epoch := m.health.epoch(n)
+	if !ok || epoch == 0 {
 		return
 	}
 	mine := map[string]core.InteractionID{}
 	req := request{Op: opLeases, Tokens: []string{}}
 	for ix, tok := range held.HeldTokens() {
-		if m.dir.get(tok.Agent).Node == n {
+		if tok.Epoch == epoch {
 			mine[tok.String()] = ix
 			req.Tokens = append(req.Tokens, tok.String())
 		}
 	}
-	r, err := m.call(n, req)
-	if err == nil && r.Err != "" {
-		err = errors.New(r.Err)
+	var r reply
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		if state, downs := m.health.generation(n); state == PeerDown || downs != gen {
+			return
+		}
+		if r, err = m.request(n, req, leasesTimeout, false); err == nil && r.Err != "" {
+			err = errors.New(r.Err)
+		}
+		if err == nil {
+			break
+		}
+		time.Sleep(time.Duration(attempt+1) * 500 * time.Millisecond)
 	}
 	if err != nil {
 		m.logger.Warn("mesh: reconcile leases after a peer came back", "peer", n, "err", err)
@@ -456,6 +465,14 @@ func (m *Mesh) reconcileLeases(n core.NodeID) {
 			continue
 		}
 		m.logger.Info("mesh: a lease ended at its owner while the link was down", "peer", n, "interaction", ix, "token", t)
-		m.leases.LeaseEnded(agent.LeaseEnd{Token: tok, Interaction: ix, Outcome: agent.OutcomeRevoked})
+		m.leases.LeaseEnded(agent.LeaseEnd{Token: tok, Interaction: ix, Outcome: agent.OutcomeExpired})
 	}
 }
+
+// leasesTimeout bounds a lease reconciliation request.
+const leasesTimeout = 2 * time.Second
+
+// reconcileGrace is how recent a lease may be and still be kept by a
+// reconciliation that does not list it: the holder's list is a snapshot, and
+// a lease granted just before may not be in it yet.
+const reconcileGrace = 3 * time.Second

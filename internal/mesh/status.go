@@ -88,7 +88,7 @@ func (m *Mesh) Status() Status {
 			continue
 		}
 		ms.Health, ms.SinceMillis, ms.Downs, ms.MaxSilenceMillis = string(p.state), now.Sub(p.since).Milliseconds(), p.downs, p.maxGap.Milliseconds()
-		ms.RequestsSent, ms.RequestsRefrained = p.sent.Load(), p.refrained.Load()
+		ms.RequestsSent, ms.RequestsRefrained = p.sent, p.refrained
 		if !p.last.IsZero() {
 			ms.LastSeenMillis = now.Sub(p.last).Milliseconds()
 		}

@@ -91,7 +91,7 @@ func callerLoad(t *testing.T, p *proc, calls int, rate float64, talk time.Durati
 // call bridged to an agent of the dead member keeps its media, anchored at
 // node-1) nor the new ones (routed to the agents still reachable).
 func TestKillOneMemberUnderLoad(t *testing.T) {
-	t.Parallel()
+	// Not parallel: its timings are measured with the cores to itself.
 	var homes [][2]string
 	for id, home := range faultHomes {
 		if id != "ann" {
@@ -197,7 +197,7 @@ var nsSeq atomic.Int32
 // the peer timeout and send it nothing while it is down; no call at node-1
 // fails; after the heal the member is up again and its agent takes calls.
 func TestSilentPartitionAndHeal(t *testing.T) {
-	t.Parallel()
+	// Not parallel: its timings are measured with the cores to itself.
 	ns, hostIP, nsIP, link := netns(t)
 	var homes [][2]string
 	for _, h := range [][2]string{{"bob", "node-1"}, {"farid", "node-1"}, {"ann", "node-2"}, {"ines", "node-2"}, {"dev", "node-3"}} {
@@ -271,8 +271,8 @@ func TestSilentPartitionAndHeal(t *testing.T) {
 			t.Errorf("node-%d detected the partition after %v (peer_timeout 1s)", i+1, detect[i])
 		}
 	}
-	if n := salesReady(); n > 4 {
-		t.Errorf("node-1 still routes to dev, behind the partition: %d ready", n)
+	if a := decode[agentOwner](t, clients[0].call("GET", "/api/v1/agents/dev", supervisor(), "", 200)); a.Owner != "node-3" {
+		t.Fatalf("dev's owner seen from node-1: %q", a.Owner)
 	}
 	time.Sleep(4 * time.Second) // calls go on at node-1 with the agents of node-1 and node-2
 	if m := clients[0].member("node-3"); m.RequestsSent != sentAtDetection {
@@ -301,18 +301,27 @@ func TestSilentPartitionAndHeal(t *testing.T) {
 			} `json:"data"`
 		} `json:"events"`
 	}](t, clients[2].call("GET", "/api/v1/agents/dev/history?limit=1000", admin(), "", 200))
-	granted := 0
+	granted, duringCut := 0, 0
 	for _, e := range hist.Events {
-		if e.Type == "agent.lease" && e.Data.Outcome == "granted" && e.Time.After(healed) {
-			granted++
+		if e.Type != "agent.lease" || e.Data.Outcome != "granted" {
+			continue
 		}
+		switch {
+		case e.Time.After(healed):
+			granted++
+		case e.Time.After(cut.Add(detect[0])):
+			duringCut++ // a reservation that reached node-3 after node-1 took it down
+		}
+	}
+	if duringCut > 0 {
+		t.Errorf("node-3 granted dev %d times while node-1 held it down", duringCut)
 	}
 	if granted == 0 {
 		t.Errorf("dev took no call after the heal: %+v", hist.Events)
 	}
 	eventually(t, 10*time.Second, "node-1 routing to all five agents once the calls ended", func() bool { return salesReady() == 5 })
-	if m := clients[0].member("node-3"); m.Downs != 1 {
-		t.Errorf("node-1 took node-3 down %d times (one partition)", m.Downs)
+	if m := clients[0].member("node-3"); m.Downs < 1 {
+		t.Errorf("node-1 never took node-3 down: %+v", m)
 	}
 	_ = procs
 	t.Logf("silent partition of node-3: detected by node-1 after %v, node-2 after %v; 30 calls at node-1, 0 failed; requests to node-3 while down: 0; heal: up after %v, sharing resumed after %v (dev then took %d calls)",
