@@ -176,8 +176,8 @@ func (c *Config) validateCluster(p *problems) {
 	if cl.RequestTimeout < Duration(10*time.Millisecond) || cl.RequestTimeout > Duration(10*time.Second) {
 		p.add("cluster.request_timeout", "%q out of range 10ms..10s", cl.RequestTimeout)
 	}
-	if cl.HeartbeatInterval < Duration(10*time.Millisecond) || cl.HeartbeatInterval > Duration(10*time.Second) {
-		p.add("cluster.heartbeat_interval", "%q out of range 10ms..10s", cl.HeartbeatInterval)
+	if cl.HeartbeatInterval < Duration(50*time.Millisecond) || cl.HeartbeatInterval > Duration(10*time.Second) {
+		p.add("cluster.heartbeat_interval", "%q out of range 50ms..10s", cl.HeartbeatInterval)
 	} else if cl.PeerTimeout < 4*cl.HeartbeatInterval || cl.PeerTimeout > Duration(time.Minute) {
 		p.add("cluster.peer_timeout", "%q out of range: at least four heartbeat intervals (%s), at most 1m", cl.PeerTimeout, 4*cl.HeartbeatInterval)
 	}

@@ -31,7 +31,7 @@ func TestClusterValidation(t *testing.T) {
 		{"tls missing files", func(c *Config) { c.Cluster.TLS = ClusterTLS{Cert: "/none/c", Key: "/none/k", CA: "/none/ca"} }, "cluster.tls.cert", "cannot load"},
 		{"credentials without nats_url", func(c *Config) { c.Cluster.Credentials = "x.creds" }, "cluster.credentials", "only for an external NATS"},
 		{"timeout", func(c *Config) { c.Cluster.RequestTimeout = Duration(time.Minute) }, "cluster.request_timeout", `"1m" out of range 10ms..10s`},
-		{"heartbeat", func(c *Config) { c.Cluster.HeartbeatInterval = Duration(time.Millisecond) }, "cluster.heartbeat_interval", `"1ms" out of range 10ms..10s`},
+		{"heartbeat", func(c *Config) { c.Cluster.HeartbeatInterval = Duration(time.Millisecond) }, "cluster.heartbeat_interval", `"1ms" out of range 50ms..10s`},
 		{"peer timeout", func(c *Config) { c.Cluster.PeerTimeout = Duration(900 * time.Millisecond) }, "cluster.peer_timeout", "at least four heartbeat intervals (1s)"},
 		{"unknown home", func(c *Config) { c.Agents[0].Home = "node-9" }, "agents[0].home", `unknown node "node-9"`},
 	}
