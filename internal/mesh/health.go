@@ -78,6 +78,7 @@ type health struct {
 	mu               sync.Mutex
 	peers            map[core.NodeID]*peer
 	lastCheck        time.Time
+	skipped          bool // the last check was skipped after a stall
 }
 
 func newHealth(members []core.NodeID, self core.NodeID, interval, timeout time.Duration) *health {
@@ -186,9 +187,11 @@ func (h *health) check(now time.Time) []transition {
 	defer h.mu.Unlock()
 	stalled := !h.lastCheck.IsZero() && now.Sub(h.lastCheck) > 4*h.every+50*time.Millisecond
 	h.lastCheck = now
-	if stalled {
+	if stalled && !h.skipped {
+		h.skipped = true // once: checks that are always late must still detect
 		return nil
 	}
+	h.skipped = false
 	var out []transition
 	for n, p := range h.peers {
 		silent := now.Sub(p.last)
@@ -244,7 +247,7 @@ func (m *Mesh) runHealth(ctx context.Context) {
 				return
 			case now := <-watch.C:
 				for _, t := range m.health.check(now) {
-					m.transitions <- t
+					m.notifyPeer(t)
 				}
 			}
 		}
@@ -283,10 +286,20 @@ func (m *Mesh) onHeartbeat(msg *nats.Msg) {
 	}
 	if m.noteBoot(hb.From, hb.Boot) && m.health.state(hb.From) != PeerDown {
 		// Restarted faster than it could be taken down: heal as after a down.
-		m.transitions <- transition{peer: hb.From, from: PeerDown, to: PeerUp}
+		m.notifyPeer(transition{peer: hb.From, from: PeerDown, to: PeerUp})
 	}
 	if t, changed := m.health.heard(hb, time.Now()); changed {
-		m.transitions <- t
+		m.notifyPeer(t)
+	}
+}
+
+// notifyPeer hands a peer's change to the goroutine acting on changes; if it
+// stays busy for a second (or has stopped), the change is logged instead.
+func (m *Mesh) notifyPeer(t transition) {
+	select {
+	case m.transitions <- t:
+	case <-time.After(time.Second):
+		m.logger.Error("mesh: a peer's change of health was not acted on in time", "peer", t.peer, "from", t.from, "to", t.to)
 	}
 }
 

@@ -50,10 +50,14 @@ func TestPeerHealthStates(t *testing.T) {
 	if _, ctx, _ := h.admit("n2", false); ctx == nil || ctx.Err() != nil {
 		t.Fatal("a peer back up kept its ended context")
 	}
-	// A stall of this node (a check long overdue) takes nobody down.
+	// A stall of this node (a check long overdue) takes nobody down at once...
 	h.lastCheck = t0.Add(2 * time.Second)
 	if out := h.check(t0.Add(4 * time.Second)); len(out) != 0 || h.state("n2") != PeerUp {
 		t.Fatalf("a stall took peers down: %+v", out)
+	}
+	// ...but checks that keep coming late still detect.
+	if out := h.check(t0.Add(5 * time.Second)); len(out) != 1 || h.state("n2") != PeerDown {
+		t.Fatalf("late checks never detect: %+v", out)
 	}
 }
 
