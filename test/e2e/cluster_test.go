@@ -28,6 +28,26 @@ func startCluster(t *testing.T) []*proc {
 	return procs
 }
 
+// waitClustered waits until every member has routes to both peers and has
+// read the replicated directory (JetStream up).
+func waitClustered(t *testing.T, procs []*proc) {
+	t.Helper()
+	for i, p := range procs {
+		c := newClient(t, p.base)
+		eventually(t, 20*time.Second, fmt.Sprintf("node-%d in the cluster (routes to both peers, directory read)", i+1), func() bool {
+			st := decode[struct {
+				NATS struct {
+					Routes int `json:"routes"`
+				} `json:"nats"`
+				Directory struct {
+					InSync bool `json:"in_sync"`
+				} `json:"directory"`
+			}](t, c.call("GET", "/api/v1/cluster", supervisor(), "", 200))
+			return st.NATS.Routes >= 2 && st.Directory.InSync
+		})
+	}
+}
+
 // startClusterFiles is startCluster also returning each member's
 // configuration file (to restart it).
 func startClusterFiles(t *testing.T) ([]*proc, []string) {
@@ -57,28 +77,7 @@ func startClusterOpts(t *testing.T, replace [][2]string) ([]*proc, []string) {
 		}
 		procs = append(procs, p)
 	}
-	for i, p := range procs {
-		c := newClient(t, p.base)
-		eventually(t, 10*time.Second, fmt.Sprintf("node-%d routed to both peers", i+1), func() bool {
-			st := decode[struct {
-				NATS struct {
-					Routes int `json:"routes"`
-				} `json:"nats"`
-			}](t, c.call("GET", "/api/v1/cluster", supervisor(), "", 200))
-			return st.NATS.Routes >= 2
-		})
-	}
-	for i, p := range procs {
-		c := newClient(t, p.base)
-		eventually(t, 20*time.Second, fmt.Sprintf("node-%d reading the replicated directory (JetStream up)", i+1), func() bool {
-			st := decode[struct {
-				Directory struct {
-					InSync bool `json:"in_sync"`
-				} `json:"directory"`
-			}](t, c.call("GET", "/api/v1/cluster", supervisor(), "", 200))
-			return st.Directory.InSync
-		})
-	}
+	waitClustered(t, procs)
 	return procs, files
 }
 

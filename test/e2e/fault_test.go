@@ -56,10 +56,7 @@ func longPhoneIn(t *testing.T, p *proc, id string, calls int, life time.Duration
 	if ns != "" {
 		where = append(where, "-netns", ns)
 	}
-	if code, out := sipp(t, "register_contact.xml", p.sipUDP, "u1", []string{id + ";[authentication username=" + id + " password=" + id + "-pass]"}, 1,
-		append(where, "-key", "contact_port", fmt.Sprint(port))...); code != 0 {
-		t.Fatalf("register %s's phone: exit %d\n%s", id, code, out)
-	}
+	registerPhone(t, p, id, port, where...)
 	ctx, cancel := context.WithTimeout(context.Background(), life)
 	args := []string{"-sn", "uas", "-i", ip, "-p", fmt.Sprint(port), "-m", fmt.Sprint(calls), "-nostdin"}
 	cmd := exec.CommandContext(ctx, "sipp", args...)
@@ -224,19 +221,7 @@ func TestSilentPartitionAndHeal(t *testing.T) {
 		[2]string{"listen_udp: 127.0.0.1:0", "listen_udp: " + nsIP + ":0"}, [2]string{"listen_tcp: 127.0.0.1:0", "listen_tcp: " + nsIP + ":0"}), ns)
 	procs := []*proc{p1, p2, p3}
 	clients := []*client{newClient(t, p1.base), newClient(t, p2.base), newClient(t, p3.base)}
-	for i, c := range clients {
-		eventually(t, 20*time.Second, fmt.Sprintf("node-%d in the cluster (routes, directory)", i+1), func() bool {
-			st := decode[struct {
-				NATS struct {
-					Routes int `json:"routes"`
-				} `json:"nats"`
-				Directory struct {
-					InSync bool `json:"in_sync"`
-				} `json:"directory"`
-			}](t, c.call("GET", "/api/v1/cluster", supervisor(), "", 200))
-			return st.NATS.Routes >= 2 && st.Directory.InSync
-		})
-	}
+	waitClustered(t, procs)
 	for i, ids := range [][]string{{"bob", "farid"}, {"ann", "ines"}} {
 		for _, id := range ids {
 			longPhone(t, procs[i], id, 100, 60*time.Second)

@@ -402,10 +402,7 @@ func annsPhone(t *testing.T, p *proc, c *client, phoneArgs ...string) <-chan str
 func sippPhone(t *testing.T, p *proc, id string, phoneArgs ...string) <-chan string {
 	t.Helper()
 	port := freeUDPPort(t)
-	if code, out := sipp(t, "register_contact.xml", p.sipUDP, "u1", []string{id + ";[authentication username=" + id + " password=" + id + "-pass]"}, 1,
-		"-key", "contact_port", fmt.Sprint(port)); code != 0 {
-		t.Fatalf("register %s's phone: exit %d\n%s", id, code, out)
-	}
+	registerPhone(t, p, id, port)
 	res := goSipp(t, "", "", "u1", nil, 1, append(phoneArgs, "-p", fmt.Sprint(port))...)
 	eventually(t, 5*time.Second, id+"'s phone listening", func() bool {
 		conn, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port))
@@ -415,6 +412,16 @@ func sippPhone(t *testing.T, p *proc, id string, phoneArgs ...string) <-chan str
 		return err != nil
 	})
 	return res
+}
+
+// registerPhone registers contact port (with sipp's extra arguments: address,
+// namespace) for agent id at node p, with digest (password id-pass).
+func registerPhone(t *testing.T, p *proc, id string, port int, extra ...string) {
+	t.Helper()
+	if code, out := sipp(t, "register_contact.xml", p.sipUDP, "u1", []string{id + ";[authentication username=" + id + " password=" + id + "-pass]"}, 1,
+		append(extra, "-key", "contact_port", fmt.Sprint(port))...); code != 0 {
+		t.Fatalf("register %s's phone: exit %d\n%s", id, code, out)
+	}
 }
 
 func mustAbs(t *testing.T, path string) string {
