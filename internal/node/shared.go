@@ -135,6 +135,13 @@ func (n *Node) PutShared(ctx context.Context, data []byte, expect uint64, condit
 		return 0, false, err
 	}
 	if n.mesh != nil {
+		// Its sound files must load here, as each member will check for itself
+		// when it applies the revision; better refused now than by every member.
+		if n.sip != nil {
+			if _, _, err := voicePlan(c.Queues); err != nil {
+				return 0, false, fmt.Errorf("%w: %w", config.ErrInvalid, err)
+			}
+		}
 		rev, err := n.mesh.PutSharedConfig(ctx, data, expect, conditional)
 		if err != nil {
 			return 0, false, err
@@ -244,7 +251,7 @@ func (n *Node) reconfigure(c *config.Config) error {
 	if n.sip != nil {
 		var err error
 		if routes, voice, err = voicePlan(c.Queues); err != nil {
-			return err
+			return fmt.Errorf("%w: %w", config.ErrInvalid, err)
 		}
 	}
 	// The router first: it validates before it changes anything, and a queue

@@ -77,6 +77,16 @@ func TestSharedConfigurationAlone(t *testing.T) {
 	if _, _, err := n.PutShared(context.Background(), data, 0, true); !errors.Is(err, mesh.ErrConfigConflict) {
 		t.Fatalf("a second change based on revision 0: %v", err)
 	}
+	// A sound file that does not load here is an invalid configuration, and
+	// changes nothing.
+	doc["queues"].([]any)[0].(map[string]any)["sounds"] = map[string]any{"music": filepath.Join(dir, "missing.wav")}
+	noSound, _ := yaml.Marshal(doc)
+	if _, _, err := n.PutShared(context.Background(), noSound, 0, false); !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), "missing.wav") {
+		t.Fatalf("a missing sound file: %v", err)
+	}
+	if n.Shared().Revision != 1 {
+		t.Fatalf("a refused change moved the revision to %d", n.Shared().Revision)
+	}
 	if _, _, err := n.PutShared(context.Background(), data, 7, true); !errors.Is(err, mesh.ErrConfigConflict) {
 		t.Fatalf("stale revision: %v", err)
 	}
