@@ -59,10 +59,7 @@ func TestAgentMovesWhenSheLogsInElsewhere(t *testing.T) {
 	ready(t, n2, "mia")
 	ix, _, err := n3.ix.Create(interaction.CreateRequest{Channel: core.ChannelTask, Queue: "q"})
 	must(t, err)
-	eventually(t, "the interaction offered to mia at her new owner", func() bool {
-		got, _ := n3.ix.Get(ix.ID)
-		return got.State == string(interaction.StateOffered) && got.Agent == "mia"
-	})
+	waitOffered(t, n3, ix.ID, "mia")
 	if v, _ := n2.agents.Snapshot("mia"); v.State.State != string(agent.StateReserved) || v.State.Fence != fence {
 		t.Fatalf("mia at n2: %+v (fence want %d)", v.State, fence)
 	}

@@ -103,10 +103,7 @@ func TestDeadPeerIsRefrainedFrom(t *testing.T) {
 	})
 	ix, _, err := n1.ix.Create(interaction.CreateRequest{Channel: core.ChannelTask, Queue: "q"})
 	must(t, err)
-	eventually(t, "the interaction offered to bob (n2)", func() bool {
-		got, _ := n1.ix.Get(ix.ID)
-		return got.State == string(interaction.StateOffered) && got.Agent == "bob"
-	})
+	waitOffered(t, n1, ix.ID, "bob")
 	st := n1.mesh.Status()
 	i := slices.IndexFunc(st.Members, func(m MemberState) bool { return m.ID == "n3" })
 	if m := st.Members[i]; m.Health != "down" || m.Downs != 1 || m.RequestsRefrained == 0 {
@@ -170,10 +167,7 @@ func TestAgentTakenOverFromADeadMember(t *testing.T) {
 	ready(t, n2, "ann")
 	ix, _, err := n1.ix.Create(interaction.CreateRequest{Channel: core.ChannelTask, Queue: "q"})
 	must(t, err)
-	eventually(t, "n1 offering the interaction to ann at her new owner", func() bool {
-		got, _ := n1.ix.Get(ix.ID)
-		return got.State == string(interaction.StateOffered) && got.Agent == "ann"
-	})
+	waitOffered(t, n1, ix.ID, "ann")
 }
 
 // A heal settles the leases held across the link: the owner revokes a lease
@@ -190,10 +184,7 @@ func TestHealReconcilesLeases(t *testing.T) {
 	must(t, err)
 	ix, _, err := n1.ix.Create(interaction.CreateRequest{Channel: core.ChannelTask, Queue: "q"})
 	must(t, err)
-	eventually(t, "the interaction offered to hal", func() bool {
-		got, _ := n1.ix.Get(ix.ID)
-		return got.State == string(interaction.StateOffered)
-	})
+	waitOffered(t, n1, ix.ID, "")
 	time.Sleep(reconcileGrace + 100*time.Millisecond) // both leases older than the grace
 	// A fresh lease the holder's list cannot show yet.
 	_, err = n1.mesh.Reserve(agent.ReserveRequest{Agent: "hal", Interaction: "ix-fresh", Channel: core.ChannelTask, TTL: time.Hour})

@@ -143,6 +143,15 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// waitOffered waits until interaction id at n is offered (to agent, when set).
+func waitOffered(t *testing.T, n *testNode, id core.InteractionID, agent core.AgentID) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("%s offered to %q at %s", id, agent, n.id), func() bool {
+		got, _ := n.ix.Get(id)
+		return got.State == string(interaction.StateOffered) && (agent == "" || got.Agent == agent)
+	})
+}
+
 func node(nodes []*testNode, id core.NodeID) *testNode {
 	for _, n := range nodes {
 		if n.id == id {
@@ -208,10 +217,7 @@ func TestInteractionAtOneNodeTakesAgentOwnedByAnother(t *testing.T) {
 	ready(t, n2, "ann")
 	ix, _, err := n1.ix.Create(interaction.CreateRequest{Channel: core.ChannelTask, Queue: "q"})
 	must(t, err)
-	eventually(t, "the interaction offered to ann", func() bool {
-		got, _ := n1.ix.Get(ix.ID)
-		return got.State == string(interaction.StateOffered) && got.Agent == "ann"
-	})
+	waitOffered(t, n1, ix.ID, "ann")
 	if v, _ := n2.agents.Snapshot("ann"); v.State.State != string(agent.StateReserved) {
 		t.Fatalf("ann at her owner: %+v", v.State)
 	}
@@ -242,7 +248,7 @@ func TestRemoteOfferExpiryComesBack(t *testing.T) {
 	ready(t, n3, "bob")
 	ix, _, err := n1.ix.Create(interaction.CreateRequest{Channel: core.ChannelTask, Queue: "q"})
 	must(t, err)
-	eventually(t, "offered to bob", func() bool { got, _ := n1.ix.Get(ix.ID); return got.State == string(interaction.StateOffered) })
+	waitOffered(t, n1, ix.ID, "")
 	eventually(t, "back in the queue after the offer expired at n3", func() bool {
 		got, _ := n1.ix.Get(ix.ID)
 		return got.State == string(interaction.StateQueued) && got.Agent == ""
