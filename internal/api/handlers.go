@@ -349,7 +349,7 @@ func (s *Server) listInteractions(w http.ResponseWriter, r *http.Request) {
 	}
 	if f.State != "" {
 		ok := false
-		for _, st := range []interaction.State{interaction.StateCreated, interaction.StateQueued, interaction.StateOffered, interaction.StateConnected, interaction.StateWrapUp, interaction.StateEnded, interaction.StateAbandoned, interaction.StateFailed, interaction.StateTimedOut} {
+		for _, st := range []interaction.State{interaction.StateCreated, interaction.StateQueued, interaction.StateOffered, interaction.StateConnected, interaction.StateWrapUp, interaction.StateEnded, interaction.StateAbandoned, interaction.StateFailed, interaction.StateTimedOut, interaction.StateHandedOver} {
 			ok = ok || string(st) == f.State
 		}
 		if !ok {

@@ -42,7 +42,7 @@ var (
 	descChallenges  = prometheus.NewDesc("ccmesh_sip_auth_challenges_total", "Digest challenges sent (401).", nil, nil)
 	descAuthFail    = prometheus.NewDesc("ccmesh_sip_auth_failures_total", "REGISTER requests with wrong credentials or replayed nonces.", nil, nil)
 	descCallsActive = prometheus.NewDesc("ccmesh_sip_calls_active", "Calls in progress.", nil, nil)
-	descCalls       = prometheus.NewDesc("ccmesh_sip_calls_total", "Call events since start: started, bridged (an agent leg bridged), overloaded (refused 503), hold, transfer, media_timeout.", []string{"event"}, nil)
+	descCalls       = prometheus.NewDesc("ccmesh_sip_calls_total", "Call events since start: started, bridged (an agent leg bridged), overloaded (refused 503), hold, transfer, media_timeout, handed_over (a peer queue took the call), handover_failed, handover_refrained (peer down: nothing sent).", []string{"event"}, nil)
 	descPeerUp      = prometheus.NewDesc("ccmesh_cluster_peer_state", "A peer's health as this node sees it: 1 up, 0.5 suspect, 0 down.", []string{"peer"}, nil)
 	descPeerDowns   = prometheus.NewDesc("ccmesh_cluster_peer_downs_total", "Times the peer went down (silent past cluster.peer_timeout).", []string{"peer"}, nil)
 	descPeerReqs    = prometheus.NewDesc("ccmesh_cluster_peer_requests_total", "Requests to a peer: sent, or refrained (not sent: it was down or had just missed one).", []string{"peer", "outcome"}, nil)
@@ -89,7 +89,8 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		st := calls.CallStats()
 		ch <- prometheus.MustNewConstMetric(descCallsActive, prometheus.GaugeValue, float64(st.Active))
 		for ev, n := range map[string]uint64{"started": st.Started, "bridged": st.Bridged, "overloaded": st.Overloaded,
-			"hold": st.Holds, "transfer": st.Transfers, "media_timeout": st.MediaTimeouts} {
+			"hold": st.Holds, "transfer": st.Transfers, "media_timeout": st.MediaTimeouts,
+			"handed_over": st.HandedOver, "handover_failed": st.HandoverFailed, "handover_refrained": st.HandoverRefrained} {
 			ch <- prometheus.MustNewConstMetric(descCalls, prometheus.CounterValue, float64(n), ev)
 		}
 	}

@@ -51,6 +51,9 @@ type ClusterConfig struct {
 	TLS ClusterTLS `yaml:"tls" json:"tls"`
 	// Credentials is a NATS credentials file for an external NATS (nats_url).
 	Credentials string `yaml:"credentials" json:"credentials,omitempty"`
+	// Resources are peers' resources this node may invoke (a queue to overflow
+	// to, a media service); queues name them.
+	Resources []Resource `yaml:"resources" json:"resources,omitempty"`
 }
 
 // ClusterTLS is the cluster's TLS material (PEM files).

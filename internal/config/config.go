@@ -214,6 +214,9 @@ type OverflowStep struct {
 	Relax int `yaml:"relax" json:"relax"`
 	// AddQueues makes agents eligible for these queues eligible too.
 	AddQueues []core.QueueID `yaml:"add_queues" json:"add_queues,omitempty"`
+	// To hands a voice call still waiting to a peer's queue (a resource of kind
+	// queue in cluster.resources); the call keeps its place here meanwhile.
+	To string `yaml:"to" json:"to,omitempty"`
 }
 
 // BusinessHours is a weekly schedule in a time zone, with closed dates.
@@ -252,4 +255,7 @@ type QueueSounds struct {
 	Music string `yaml:"music" json:"music,omitempty"`
 	// Closed plays once to a call that arrives outside business hours, before 480.
 	Closed string `yaml:"closed" json:"closed,omitempty"`
+	// From is a peer's media service (a resource of kind media) whose sounds
+	// play for the ones not set here.
+	From string `yaml:"from" json:"from,omitempty"`
 }

@@ -93,6 +93,9 @@ var sectionNames = map[string]string{
 	"OverflowStep":  "an overflow step",
 	"BusinessHours": "business_hours",
 	"OpenWindow":    "a business_hours.open window",
+	"ClusterConfig": "cluster",
+	"Resource":      "a cluster.resources entry",
+	"QueueSounds":   "sounds",
 }
 
 // yamlError rewrites yaml.v3 errors into messages for operators: one line per

@@ -1,7 +1,9 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"regexp"
 	"slices"
@@ -111,6 +113,7 @@ func (c *Config) Validate() error {
 	agentSkills := c.validateAgents(&p, checkDN)
 	c.validateQueues(&p, checkDN, agentSkills)
 	c.validateCluster(&p)
+	c.validateResources(&p)
 	if len(p.list) == 0 {
 		return nil
 	}
@@ -302,8 +305,8 @@ func (c *Config) validateQueues(p *problems, checkDN func(string, core.DN), held
 					p.add(af, "unknown queue %q", aq)
 				}
 			}
-			if st.Relax == 0 && len(st.AddQueues) == 0 {
-				p.add(sf, "step after %q does nothing (set relax > 0 or add_queues)", st.After)
+			if st.Relax == 0 && len(st.AddQueues) == 0 && st.To == "" {
+				p.add(sf, "step after %q does nothing (set relax > 0, add_queues or to)", st.After)
 			}
 		}
 		if q.WrapUp != nil && *q.WrapUp < 0 {
@@ -334,7 +337,8 @@ func (c *Config) validateQueues(p *problems, checkDN func(string, core.DN), held
 				continue
 			}
 			// The file is read now so that `ccmesh check` catches a wrong format.
-			if _, err := media.LoadWAVFile(path); err != nil {
+			// Missing here with sounds.from set: the peer's plays instead.
+			if _, err := media.LoadWAVFile(path); err != nil && !(q.Sounds.From != "" && errors.Is(err, fs.ErrNotExist)) {
 				p.add(f+".sounds."+name, "%v", err)
 			}
 		}

@@ -423,29 +423,42 @@ func (s *Service) CompleteWithReason(id core.InteractionID, by core.AgentID, rea
 
 // Abandon ends an interaction at the customer's or an integrator's request.
 func (s *Service) Abandon(id core.InteractionID, reason string) (uint64, error) {
+	return s.leave(id, StateAbandoned, reason)
+}
+
+// HandOver ends a waiting interaction that a peer's queue took (queue
+// overflow to a peer): an offer in progress is withdrawn. It is not counted
+// as abandoned.
+func (s *Service) HandOver(id core.InteractionID, reason string) (uint64, error) {
+	return s.leave(id, StateHandedOver, reason)
+}
+
+// leave ends a waiting interaction in state to (abandoned or handed over);
+// a connected one is completed instead.
+func (s *Service) leave(id core.InteractionID, to State, reason string) (uint64, error) {
 	s.mu.Lock()
 	ix, ok := s.live[id]
 	if !ok {
 		s.mu.Unlock()
-		return 0, fmt.Errorf("interaction: abandon %s: %w", id, ErrNotFound)
+		return 0, fmt.Errorf("interaction: %s %s: %w", to, id, ErrNotFound)
 	}
 	state, tok := State(ix.State), ix.token
 	var ch core.Channel
 	var seq uint64
 	var err error
 	var wait time.Duration
-	switch state {
-	case StateQueued, StateOffered:
+	switch {
+	case state == StateQueued || state == StateOffered:
 		wait = s.clock.Now().Sub(ix.enqueued)
-		seq, err = s.moveLocked(ix, StateAbandoned, reason)
+		seq, err = s.moveLocked(ix, to, reason)
 		ch = ix.Channel
-	case StateConnected:
+	case state == StateConnected && to == StateAbandoned:
 		holder := ix.Agent
 		s.mu.Unlock()
 		return s.Complete(id, holder)
 	default:
 		s.mu.Unlock()
-		return 0, fmt.Errorf("interaction: abandon %s in %s: %w", id, state, ErrWrongState)
+		return 0, fmt.Errorf("interaction: %s %s in %s: %w", to, id, state, ErrWrongState)
 	}
 	q := ix.Queue
 	s.mu.Unlock()
@@ -462,7 +475,9 @@ func (s *Service) Abandon(id core.InteractionID, reason string) (uint64, error) 
 			go d.Withdraw(id, tok)
 		}
 	}
-	s.router.RecordAbandoned(q, wait)
+	if to == StateAbandoned {
+		s.router.RecordAbandoned(q, wait)
+	}
 	return seq, nil
 }
 

@@ -15,7 +15,7 @@ import "fmt"
 //	   │           ▲────────────────────────┘ transfer to a queue (blind)
 //	   │ direct offer (internal call to an agent's DN): created ──► offered
 //	   ▼           ▼
-//	failed     abandoned · timed_out · failed
+//	failed     abandoned · timed_out · failed · handed_over (to a peer's queue)
 type State string
 
 // Lifecycle states.
@@ -29,13 +29,16 @@ const (
 	StateAbandoned State = "abandoned"
 	StateFailed    State = "failed"
 	StateTimedOut  State = "timed_out"
+	// StateHandedOver: a peer's queue took the call (queue overflow to a
+	// peer, issue 5); it goes on there, media still anchored here.
+	StateHandedOver State = "handed_over"
 )
 
 // transitions lists the allowed moves; anything else is a bug or a stale request.
 var transitions = map[State][]State{
 	StateCreated:   {StateQueued, StateOffered, StateFailed, StateAbandoned},
-	StateQueued:    {StateOffered, StateAbandoned, StateTimedOut, StateFailed},
-	StateOffered:   {StateConnected, StateQueued, StateAbandoned, StateFailed},
+	StateQueued:    {StateOffered, StateAbandoned, StateTimedOut, StateFailed, StateHandedOver},
+	StateOffered:   {StateConnected, StateQueued, StateAbandoned, StateFailed, StateHandedOver},
 	StateConnected: {StateWrapUp, StateEnded, StateFailed, StateQueued, StateOffered},
 	StateWrapUp:    {StateEnded},
 }
@@ -43,7 +46,7 @@ var transitions = map[State][]State{
 // Terminal reports whether s is an end state.
 func (s State) Terminal() bool {
 	switch s {
-	case StateEnded, StateAbandoned, StateFailed, StateTimedOut:
+	case StateEnded, StateAbandoned, StateFailed, StateTimedOut, StateHandedOver:
 		return true
 	}
 	return false

@@ -72,7 +72,11 @@ type Params struct {
 	// Registrations returns this node's SIP registrations for the cluster-wide
 	// list (optional; JSON-marshalable).
 	Registrations func() any
-	Logger        *slog.Logger
+	// Sounds reads this node's sound file of a kind (announcement, music,
+	// closed) for queue q, nil when it has none (optional): peers that take
+	// their sounds from this node's media service ask for it.
+	Sounds func(q core.QueueID, kind string) ([]byte, error)
+	Logger *slog.Logger
 }
 
 // Mesh is this node's membership in the cluster. Create it with New, Wire it,

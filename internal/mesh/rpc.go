@@ -27,6 +27,7 @@ const (
 	opCancel   = "cancel"
 	opHandoff  = "handoff"
 	opLeases   = "leases"
+	opSound    = "sound"
 )
 
 // request is a message to an agent's owner.
@@ -46,6 +47,9 @@ type request struct {
 	Fence uint64 `json:"fence,omitempty"`
 	// leases: the tokens the sender holds at the owner
 	Tokens []string `json:"tokens,omitempty"`
+	// sound: a queue's sound file of a kind
+	Queue core.QueueID `json:"queue,omitempty"`
+	Kind  string       `json:"kind,omitempty"`
 }
 
 // reply is the owner's answer. Err carries a code that maps back to the agent
@@ -60,6 +64,7 @@ type reply struct {
 	Contacts []string           `json:"contacts,omitempty"`
 	Tokens   []string           `json:"tokens,omitempty"`
 	Raw      json.RawMessage    `json:"raw,omitempty"`
+	Data     []byte             `json:"data,omitempty"` // sound
 	// FeedGen and FeedSeq (snapshot): the owner's feed position when it took
 	// the snapshot; the follower continues from there.
 	FeedGen uint64 `json:"feed_gen,omitempty"`
@@ -318,6 +323,9 @@ func (m *Mesh) handle(req request) reply {
 			out.Tokens = append(out.Tokens, t.String())
 		}
 		return out
+	}
+	if req.Op == opSound {
+		return m.serveSound(req)
 	}
 	if req.Op == opHandoff {
 		if err := m.handOff(req.Agent, req.From, req.Fence); err != nil {

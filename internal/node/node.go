@@ -22,7 +22,6 @@ import (
 	"github.com/ccmesh/ccmesh/internal/core"
 	"github.com/ccmesh/ccmesh/internal/events"
 	"github.com/ccmesh/ccmesh/internal/interaction"
-	"github.com/ccmesh/ccmesh/internal/media"
 	"github.com/ccmesh/ccmesh/internal/mesh"
 	"github.com/ccmesh/ccmesh/internal/router"
 	"github.com/ccmesh/ccmesh/internal/sip"
@@ -52,6 +51,8 @@ type Node struct {
 	shared *shared
 	// dir resolves agents for the SIP registrar; replaced on a change.
 	dir *liveDirectory
+	// sounds are the queues' sounds taken from peers (nil alone).
+	sounds *peerSounds
 }
 
 // New opens storage, builds every component and binds the listeners. Nothing runs
@@ -66,6 +67,9 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 		return nil, err
 	}
 	n.cfg, n.shared = cfg, sh
+	if cfg.Cluster.Enabled() {
+		n.sounds = newPeerSounds(cfg.Node.DataDir, n.logger.With("component", "sounds"))
+	}
 	n.dir.Store(newDirectory(cfg.Agents))
 	st, err := store.Open(ctx, cfg.Node.DataDir, n.logger)
 	if err != nil {
@@ -115,7 +119,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 	}
 	if cfg.Cluster.Enabled() {
 		n.mesh, err = mesh.New(mesh.Params{Config: cfg.Cluster, Node: cfg.Node.ID, Agents: cfg.Agents, Local: n.agents, Log: n.log, DataDir: cfg.Node.DataDir, OnSharedConfig: n.onReplicated,
-			Contacts: n.localContacts, Registrations: n.localRegistrations, Logger: n.logger.With("component", "mesh")})
+			Contacts: n.localContacts, Registrations: n.localRegistrations, Sounds: n.serveSound, Logger: n.logger.With("component", "mesh")})
 		if err != nil {
 			return fail(err)
 		}
@@ -142,7 +146,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 	}
 	var regs api.Registrations
 	if cfg.SIP.Enabled() {
-		routes, voice, err := voicePlan(cfg.Queues)
+		routes, voice, err := n.voicePlan(cfg.Queues)
 		if err != nil {
 			return fail(err)
 		}
@@ -150,9 +154,13 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (*Node, e
 		if n.mesh != nil {
 			contacts = n.mesh.Contacts // a phone may be registered at the agent's owner
 		}
+		var peers sip.Peers
+		if n.mesh != nil {
+			peers = n.mesh
+		}
 		n.sip, err = sip.New(sip.Params{Config: cfg.SIP, Directory: n.dir, Interactions: n.ix, Routes: routes, Queues: voice,
-			Contacts: contacts,
-			Log:      n.log, Clock: clk, Logger: n.logger.With("component", "sip")})
+			Contacts: contacts, Peers: peers,
+			Log: n.log, Clock: clk, Logger: n.logger.With("component", "sip")})
 		if err != nil {
 			return fail(err)
 		}
@@ -256,31 +264,6 @@ func (d *liveDirectory) Lookup(user string) (core.AgentID, string, bool) {
 	return e.id, e.password, ok
 }
 
-// voicePlan maps the queues' ids and DNs to them, with their voice settings
-// (sound files loaded).
-func voicePlan(queues []config.Queue) (map[string]core.QueueID, map[core.QueueID]sip.QueueVoice, error) {
-	routes := map[string]core.QueueID{}
-	voice := map[core.QueueID]sip.QueueVoice{}
-	for _, q := range queues {
-		routes[string(q.ID)], routes[string(q.DN)] = q.ID, q.ID
-		qv := sip.QueueVoice{AnswerFirst: q.AnswerMode == config.AnswerFirst, Direct: q.Media == config.MediaDirect}
-		for _, s := range []struct {
-			path string
-			dst  **media.Clip
-		}{{q.Sounds.Announcement, &qv.Announcement}, {q.Sounds.Music, &qv.Music}, {q.Sounds.Closed, &qv.Closed}} {
-			if s.path == "" {
-				continue
-			}
-			var err error
-			if *s.dst, err = media.LoadWAVFile(s.path); err != nil {
-				return nil, nil, fmt.Errorf("queue %s: %w", q.ID, err)
-			}
-		}
-		voice[q.ID] = qv
-	}
-	return routes, voice, nil
-}
-
 // HTTPAddr is the address the API listens on (useful with port 0).
 func (n *Node) HTTPAddr() string { return n.ln.Addr().String() }
 
@@ -299,6 +282,9 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	if n.mesh != nil {
 		g.Go(func() error { return n.mesh.Run(gctx, n.start) })
+		if n.sip != nil {
+			g.Go(func() error { return n.runPeerSounds(gctx) })
+		}
 	}
 	// Requests (event streams above all) end when shutdown starts, not after it.
 	hctx, stopHTTP := context.WithCancel(gctx)

@@ -138,7 +138,7 @@ func (n *Node) PutShared(ctx context.Context, data []byte, expect uint64, condit
 		// Its sound files must load here, as each member will check for itself
 		// when it applies the revision; better refused now than by every member.
 		if n.sip != nil {
-			if _, _, err := voicePlan(c.Queues); err != nil {
+			if _, _, err := n.voicePlan(c.Queues); err != nil {
 				return 0, false, fmt.Errorf("%w: %w", config.ErrInvalid, err)
 			}
 		}
@@ -250,7 +250,7 @@ func (n *Node) reconfigure(c *config.Config) error {
 	var voice map[core.QueueID]sip.QueueVoice
 	if n.sip != nil {
 		var err error
-		if routes, voice, err = voicePlan(c.Queues); err != nil {
+		if routes, voice, err = n.voicePlan(c.Queues); err != nil {
 			return fmt.Errorf("%w: %w", config.ErrInvalid, err)
 		}
 	}

@@ -33,6 +33,7 @@ type Interactions interface {
 	CompleteWithReason(core.InteractionID, core.AgentID, string) (uint64, error)
 	Transfer(core.InteractionID, core.AgentID, interaction.Target) (uint64, error)
 	Abandon(core.InteractionID, string) (uint64, error)
+	HandOver(core.InteractionID, string) (uint64, error)
 }
 
 // QueueVoice is how a queue treats its callers: the clips it plays (nil ones fall
@@ -44,6 +45,8 @@ type QueueVoice struct {
 	// Direct: signalling only; the parties' SDP pass through and RTP flows
 	// between them (no music, hold or transfer).
 	Direct bool
+	// Handover, when set, hands calls still waiting to a peer's queue.
+	Handover *Handover
 }
 
 // calls is the B2BUA (ADR 0005): a caller's INVITE to a route point becomes a voice
@@ -61,6 +64,7 @@ type calls struct {
 	reg  *Registrar
 	// contacts finds an agent's registered phones (the registrar, or the mesh).
 	contacts func(core.AgentID) []string
+	peers    Peers // the gate to peers' resources (nil: not in a cluster)
 	dsc      *sipgo.DialogServerCache
 	dcc      *sipgo.DialogClientCache
 	host     netip.Addr
@@ -95,10 +99,14 @@ type CallStats struct {
 	Holds         uint64
 	Transfers     uint64
 	MediaTimeouts uint64
+	// Hand-overs to a peer's queue: taken there, failed (refused, no answer,
+	// cut short), refrained from (peer down: nothing sent).
+	HandedOver, HandoverFailed, HandoverRefrained uint64
 }
 
 type callCounters struct {
 	started, bridged, overloaded, holds, transfers, mediaTimeouts atomic.Uint64
+	handedOver, handoverFailed, handoverRefrained                 atomic.Uint64
 }
 
 // Stats returns the call counters.
@@ -108,7 +116,8 @@ func (m *calls) Stats() CallStats {
 	m.mu.Unlock()
 	return CallStats{Active: active, Started: m.stats.started.Load(), Bridged: m.stats.bridged.Load(),
 		Overloaded: m.stats.overloaded.Load(), Holds: m.stats.holds.Load(), Transfers: m.stats.transfers.Load(),
-		MediaTimeouts: m.stats.mediaTimeouts.Load()}
+		MediaTimeouts: m.stats.mediaTimeouts.Load(), HandedOver: m.stats.handedOver.Load(),
+		HandoverFailed: m.stats.handoverFailed.Load(), HandoverRefrained: m.stats.handoverRefrained.Load()}
 }
 
 // call is one caller's call.
@@ -126,6 +135,12 @@ type call struct {
 	// passed to the agent.
 	direct    bool
 	offerBody []byte
+	// from is the caller's From (passed on to a peer queue).
+	from string
+	// handover is the queue's hand-over to a peer (nil: none, or the call
+	// came from a peer's hand-over and stays here).
+	handover *Handover
+	peerLeg  chan peerLeg // hand-over outcomes (placePeerLeg → run)
 
 	bridged chan bridge   // an agent answered (Deliver → run)
 	ended   chan string   // the interaction ended elsewhere (Ended → run)
@@ -165,6 +180,10 @@ type call struct {
 	// BYE meanwhile waits for the outcome).
 	transferring bool
 	bCodec       sdp.Codec // the codec of the agent leg
+	// hoGen numbers hand-over attempts: an outcome of an older one is stale.
+	hoGen uint64
+	// handedOver: b is the peer queue's leg; the interaction here has ended.
+	handedOver bool
 }
 
 type bridge struct {
@@ -183,6 +202,7 @@ type callsParams struct {
 	queues     map[core.QueueID]QueueVoice
 	reg        *Registrar
 	contacts   func(core.AgentID) []string
+	peers      Peers
 	client     *sipgo.Client
 	host       string
 	port       int
@@ -211,7 +231,7 @@ func newCalls(p callsParams) (*calls, error) {
 			return out
 		}
 	}
-	m := &calls{svc: p.svc, dir: p.dir, reg: p.reg, contacts: p.contacts, host: ip, contact: contact,
+	m := &calls{svc: p.svc, dir: p.dir, reg: p.reg, contacts: p.contacts, peers: p.peers, host: ip, contact: contact,
 		rtpTimeout: p.rtpTimeout, maxCalls: p.maxCalls, logger: p.logger,
 		dsc: sipgo.NewDialogServerCache(p.client, contact), dcc: sipgo.NewDialogClientCache(p.client, contact),
 		byIx: map[core.InteractionID]*call{}, byA: map[*sipgo.DialogServerSession]*call{}, byB: map[*sipgo.DialogClientSession]*call{},
@@ -307,7 +327,8 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		return
 	}
 	c := &call{queue: dst.queue, offer: offer, mergeKey: key, maxFwd: 69, direct: direct, offerBody: req.Body(),
-		bridged: make(chan bridge, 1), ended: make(chan string, 1), handed: make(chan bool, 1), rings: map[agent.Token]context.CancelFunc{}}
+		bridged: make(chan bridge, 1), ended: make(chan string, 1), handed: make(chan bool, 1), peerLeg: make(chan peerLeg, 1),
+		rings: map[agent.Token]context.CancelFunc{}}
 	if mf != nil {
 		c.maxFwd = uint32(*mf) - 1
 	}
@@ -326,10 +347,20 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	if c.music == nil {
 		c.music = media.MusicOnHold()
 	}
-	from := ""
 	if f := req.From(); f != nil {
-		from = f.Address.String()
+		c.from = f.Address.String()
 	}
+	attrs := map[string]string{"call_id": req.CallID().Value(), "to": req.Recipient.User}
+	if h := req.GetHeader(headerHandover); h != nil {
+		// Handed over by a peer: it stays here, and the caller is the peer's.
+		attrs["handed_over_by"] = h.Value()
+		if cl := req.GetHeader(headerCaller); cl != nil {
+			c.from = cl.Value()
+		}
+	} else if dst.queue != "" {
+		c.handover = snd.Handover
+	}
+	attrs["from"] = c.from
 	// Registered before Create: the router may offer the call to a ready agent at
 	// once, and Deliver must find it.
 	c.ix = interaction.NewID()
@@ -337,7 +368,7 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	m.byIx[c.ix] = c
 	m.mu.Unlock()
 	cr := interaction.CreateRequest{ID: c.ix, Channel: core.ChannelVoice, Queue: dst.queue,
-		Attributes: map[string]string{"from": from, "call_id": req.CallID().Value(), "to": req.Recipient.User}}
+		Attributes: attrs}
 	if dst.agent != "" {
 		_, _, err = m.svc.Direct(cr, dst.agent)
 	} else {
@@ -426,6 +457,8 @@ func (m *calls) run(c *call, tx sip.ServerTransaction) {
 		cancelled, txDone, byed = nil, nil, c.a.Context().Done()
 	}
 	c.mu.Unlock()
+	ho := m.newHandover(c)
+	defer func() { m.stopHandover(c, ho) }()
 	for {
 		select {
 		case <-cancelled: // the caller hung up (the transaction layer answered 200 and 487)
@@ -448,7 +481,20 @@ func (m *calls) run(c *call, tx sip.ServerTransaction) {
 			}
 			m.forget(c)
 			return
+		case <-ho.due(): // waited long enough here: try the peer's queue too
+			m.startHandover(c, ho)
+		case pl := <-c.peerLeg: // the hand-over attempt ended
+			if !m.settleHandover(c, ho, pl) {
+				continue
+			}
+			br := bridge{b: pl.b, rx: pl.rx, remote: pl.remote, body: pl.b.InviteResponse.Body()}
+			if m.connect(c, br) {
+				m.endInviting(c.mergeKey)
+				m.talk(c, br) // a peer leg never REFERs: its end is the call's
+			}
+			return
 		case br := <-c.bridged: // the agent answered
+			m.stopHandover(c, ho)
 			if !m.connect(c, br) {
 				return
 			}
@@ -458,6 +504,7 @@ func (m *calls) run(c *call, tx sip.ServerTransaction) {
 			if !m.talk(c, br) {
 				return
 			}
+			ho = m.newHandover(c) // waiting again after a blind transfer
 		}
 	}
 }
@@ -565,9 +612,11 @@ func (m *calls) transferOutcome(c *call) bool {
 // the agent (or abandon, if no agent holds it any more).
 func (m *calls) hangup(c *call, reason string) {
 	c.mu.Lock()
-	ag := c.agentID
+	ag, handedOver := c.agentID, c.handedOver
 	c.mu.Unlock()
-	if _, err := m.svc.CompleteWithReason(c.ix, ag, reason); err != nil {
+	if handedOver { // the interaction ended here when the peer took it
+		m.logger.Info("sip: handed-over call ended", "interaction", c.ix, "reason", reason)
+	} else if _, err := m.svc.CompleteWithReason(c.ix, ag, reason); err != nil {
 		if _, err := m.svc.Abandon(c.ix, reason); err != nil && !errors.Is(err, interaction.ErrNotFound) {
 			m.logger.Warn("sip: end after hangup", "interaction", c.ix, "reason", reason, "err", err)
 		}
@@ -616,6 +665,11 @@ func (m *calls) forget(c *call) {
 	}
 	m.mu.Unlock()
 	m.endInviting(c.mergeKey)
+	select {
+	case pl := <-c.peerLeg: // a hand-over outcome nobody took
+		m.hangUpLeg(pl.b, pl.rx)
+	default:
+	}
 	for _, cancel := range rings {
 		cancel()
 	}
@@ -825,12 +879,7 @@ func (m *calls) Deliver(ix events.Interaction, tok agent.Token) {
 	if ctx.Err() != nil {
 		closeConn(rx)
 		if b != nil && b.InviteResponse != nil && b.InviteResponse.IsSuccess() {
-			// The phone answered as the ring was withdrawn: end that call at once.
-			actx, stop := context.WithTimeout(context.Background(), 5*time.Second)
-			_ = b.Ack(actx)
-			stop()
-			m.bye(b.Bye)
-			_ = b.Close()
+			m.ackAndHangUp(b) // the phone answered as the ring was withdrawn
 		}
 		return // withdrawn: sipgo sent CANCEL
 	}
@@ -844,18 +893,14 @@ func (m *calls) Deliver(ix events.Interaction, tok agent.Token) {
 	_ = b.Ack(ctx)
 	remote, perr := sdp.Parse(b.InviteResponse.Body())
 	if perr != nil || len(remote.Codecs) == 0 && !c.direct {
-		m.bye(b.Bye)
-		_ = b.Close()
-		closeConn(rx)
+		m.hangUpLeg(b, rx)
 		_, _ = m.svc.Reject(ix.ID, tok.Agent)
 		return
 	}
 	c.mu.Lock()
-	if c.done || c.tok != tok {
+	if c.done || c.tok != tok || c.handedOver {
 		c.mu.Unlock()
-		m.bye(b.Bye)
-		_ = b.Close()
-		closeConn(rx)
+		m.hangUpLeg(b, rx)
 		return
 	}
 	// From here the call's end BYEs this leg.
@@ -874,9 +919,7 @@ func (m *calls) Deliver(ix events.Interaction, tok agent.Token) {
 		m.mu.Lock()
 		delete(m.byB, b)
 		m.mu.Unlock()
-		m.bye(b.Bye)
-		_ = b.Close()
-		closeConn(rx)
+		m.hangUpLeg(b, rx)
 		return
 	}
 	c.bridged <- bridge{b: b, rx: rx, agent: tok.Agent, remote: remote, body: b.InviteResponse.Body()}

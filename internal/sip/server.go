@@ -44,9 +44,12 @@ type Params struct {
 	// Contacts, when set, finds where an agent's phone is registered (in a
 	// cluster: here or at the agent's owner); otherwise this node's registrar.
 	Contacts func(core.AgentID) []string
-	Log      *events.Log
-	Clock    clock.Clock
-	Logger   *slog.Logger
+	// Peers is the gate to peers' resources, for queues' hand-overs (nil
+	// when the node is not in a cluster).
+	Peers  Peers
+	Log    *events.Log
+	Clock  clock.Clock
+	Logger *slog.Logger
 }
 
 // Server is the SIP edge. Create it with New (which binds the listeners), then Run.
@@ -139,7 +142,7 @@ func New(p Params) (*Server, error) {
 			return nil, fmt.Errorf("sip: client: %w", err)
 		}
 		port := s.udp.LocalAddr().(*net.UDPAddr).Port
-		if s.calls, err = newCalls(callsParams{svc: p.Interactions, routes: p.Routes, dir: p.Directory, queues: p.Queues, reg: s.reg, contacts: p.Contacts,
+		if s.calls, err = newCalls(callsParams{svc: p.Interactions, routes: p.Routes, dir: p.Directory, queues: p.Queues, reg: s.reg, contacts: p.Contacts, peers: p.Peers,
 			client: client, host: host, port: port, rtpTimeout: p.Config.RTPTimeout.D(), maxCalls: p.Config.MaxCalls, logger: p.Logger}); err != nil {
 			s.closeListeners()
 			return nil, err

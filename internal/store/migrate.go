@@ -95,6 +95,12 @@ ALTER TABLE interactions ADD COLUMN idempotency_key TEXT;
 CREATE UNIQUE INDEX interactions_idempotency_key ON interactions(idempotency_key) WHERE idempotency_key IS NOT NULL;
 CREATE INDEX leases_epoch ON leases(epoch, lease, seq);
 `,
+	// 3: handed_over (a peer's queue took the call) is a final state too.
+	`
+DROP INDEX interactions_open;
+CREATE INDEX interactions_open ON interactions(created_at)
+	WHERE state NOT IN ('ended', 'abandoned', 'failed', 'timed_out', 'handed_over');
+`,
 }
 
 const sqlMigrationsTable = `CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -198,10 +198,10 @@ func (s *Store) ListInteractions(ctx context.Context, f InteractionFilter) ([]ev
 }
 
 // OpenInteractions returns every interaction not in a final state (ended,
-// abandoned, failed, timed_out), oldest first: what a restarted node must recover.
+// abandoned, failed, timed_out, handed_over), oldest first: what a restarted node must recover.
 func (s *Store) OpenInteractions(ctx context.Context) ([]events.Interaction, error) {
 	rows, err := s.r.QueryContext(ctx, `SELECT `+interactionCols+` FROM interactions
-WHERE state NOT IN ('ended', 'abandoned', 'failed', 'timed_out') ORDER BY created_at, id`)
+WHERE state NOT IN ('ended', 'abandoned', 'failed', 'timed_out', 'handed_over') ORDER BY created_at, id`)
 	if err != nil {
 		return nil, fmt.Errorf("store: open interactions: %w", err)
 	}
