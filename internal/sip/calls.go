@@ -950,6 +950,12 @@ func (m *calls) Ended(id core.InteractionID, state string) {
 	if c == nil {
 		return // the SIP side ended it first
 	}
+	c.mu.Lock()
+	handedOver := c.handedOver
+	c.mu.Unlock()
+	if handedOver {
+		return // ended here because a peer's queue took the call: it goes on
+	}
 	select {
 	case c.ended <- state:
 	default:

@@ -87,8 +87,17 @@ func (m *calls) startHandover(c *call, ho *handover) {
 		ho.timer.Reset(HandoverRetry)
 		return
 	}
-	ctx, cancel := context.WithTimeout(peerCtx, maxRing)
-	ho.cancel = cancel
+	// Cancelled by the call (a local agent answered, the caller left): the
+	// peer gets a CANCEL. The peer going down ends the attempt at once, and
+	// sends it nothing more (no CANCEL waiting on a dead peer's answer).
+	cctx, cancel := context.WithCancelCause(context.Background())
+	stopWatch := context.AfterFunc(peerCtx, func() { cancel(sipgo.WaitAnswerForceCancelErr) })
+	ctx, stopTimer := context.WithTimeout(cctx, maxRing)
+	ho.cancel = func() {
+		stopWatch()
+		stopTimer()
+		cancel(nil)
+	}
 	c.mu.Lock()
 	gen := c.hoGen
 	c.mu.Unlock()
@@ -131,14 +140,21 @@ func (m *calls) settleHandover(c *call, ho *handover, pl peerLeg) bool {
 		ho.timer.Reset(HandoverRetry)
 		return false
 	}
+	// Marked first: the interaction's end (Ended) is then not taken for
+	// the call's, and a local agent's answer racing it is hung up (Deliver).
+	c.mu.Lock()
+	c.handedOver = true
+	c.mu.Unlock()
 	if _, err := m.svc.HandOver(c.ix, "handed over to "+ho.h.Resource+" at "+string(ho.h.Node)); err != nil {
 		// A local agent took it meanwhile: theirs wins.
+		c.mu.Lock()
+		c.handedOver = false
+		c.mu.Unlock()
 		m.hangUpLeg(pl.b, pl.rx)
 		return false
 	}
 	m.stopHandover(c, ho)
 	c.mu.Lock()
-	c.handedOver = true
 	c.tok, c.agentID = agent.Token{}, ""
 	c.b, c.bRx = pl.b, pl.rx
 	c.mu.Unlock()
