@@ -64,6 +64,13 @@ func cluster(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%d\t%d\t\n", m.ID, m.Health, seen, m.Agents, seq, m.Downs, m.RequestsSent, m.RequestsRefrained)
 	}
 	_ = tw.Flush()
+	if len(st.Outbox.Moves) > 0 || st.Outbox.Config != nil {
+		fmt.Fprintf(stdout, "kept for the quorum (written after the heal): %d agent moves", len(st.Outbox.Moves))
+		if c := st.Outbox.Config; c != nil {
+			fmt.Fprintf(stdout, ", a configuration push based on revision %d", c.BasedOn)
+		}
+		fmt.Fprintln(stdout)
+	}
 	return 0
 }
 

@@ -87,10 +87,15 @@ func configCmd(args []string, stdout, stderr io.Writer) int {
 	var res struct {
 		Revision    uint64 `json:"revision"`
 		AppliedHere bool   `json:"applied_here"`
+		Pending     bool   `json:"pending"`
 	}
 	if err := json.Unmarshal(body, &res); err != nil {
 		fmt.Fprintf(stderr, "ccmesh config push: bad answer: %v\n", err)
 		return 1
+	}
+	if res.Pending {
+		fmt.Fprintln(stdout, "the cluster's quorum is out of reach: configuration kept by the node, written when it is back (unless it changed meanwhile)")
+		return 0
 	}
 	if !res.AppliedHere {
 		fmt.Fprintf(stdout, "configuration revision %d written; the node has not applied it yet (see its log)\n", res.Revision)

@@ -116,7 +116,7 @@ type SharedConfig interface {
 	// (replicated in a cluster); with conditional set, only if expect is
 	// still the latest. It returns the revision and whether this node applied
 	// it already. Errors: config.ErrInvalid, mesh.ErrConfigConflict,
-	// mesh.ErrConfigUnavailable.
+	// mesh.ErrConfigUnavailable, mesh.ErrConfigPending (kept for the heal).
 	PutShared(ctx context.Context, data []byte, expect uint64, conditional bool) (rev uint64, applied bool, err error)
 }
 

@@ -580,6 +580,10 @@ func (s *Server) putShared(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, mesh.ErrConfigConflict):
 		writeError(w, http.StatusPreconditionFailed, "revision_changed",
 			fmt.Sprintf("the shared configuration is no longer at revision %d: read it again", expect))
+	case errors.Is(err, mesh.ErrConfigPending):
+		// Cut off from the quorum: kept in the outbox, written after the heal.
+		writeJSON(w, http.StatusAccepted, map[string]any{"pending": true, "applied_here": false,
+			"detail": "the cluster's quorum is out of reach: the configuration is kept here and written when it is back, unless it changed meanwhile"})
 	case errors.Is(err, mesh.ErrConfigUnavailable):
 		writeError(w, http.StatusServiceUnavailable, "config_unavailable",
 			"the replicated configuration cannot be written now (no quorum, or the cluster is starting): retry")

@@ -67,6 +67,10 @@ type directory struct {
 	static  map[core.AgentID]core.NodeID
 	moved   map[core.AgentID]ownership
 	path    string // last-known directory, for a start without the cluster
+	// self is this node; outbox holds the moves kept for the quorum (they
+	// make self the owner until written or dropped).
+	self   core.NodeID
+	outbox outboxState
 }
 
 // kvHandle wraps the bucket so it fits an atomic.Pointer.
@@ -75,8 +79,9 @@ type kvHandle struct{ kv jetstream.KeyValue }
 // directoryFile is the name of the cached directory in the data directory.
 const directoryFile = "directory.json"
 
-func newDirectory(members []core.NodeID, agents []config.Agent, dataDir string) *directory {
-	d := &directory{members: members, moved: map[core.AgentID]ownership{}}
+func newDirectory(self core.NodeID, members []core.NodeID, agents []config.Agent, dataDir string) *directory {
+	d := &directory{self: self, members: members, moved: map[core.AgentID]ownership{},
+		outbox: outboxState{Moves: map[core.AgentID]pendingMove{}}}
 	if dataDir != "" {
 		d.path = filepath.Join(dataDir, directoryFile)
 	}
@@ -105,6 +110,21 @@ func (d *directory) rebuildLocked() (old, now map[core.AgentID]ownership) {
 		if _, known := d.static[id]; known && slices.Contains(d.members, o.Node) {
 			now[id] = o
 		}
+	}
+	// A move kept for the quorum holds while the directory has not moved her
+	// past the ownership it was based on; once it has, that move won.
+	dropped := false
+	for id, p := range d.outbox.Moves {
+		cur, known := now[id]
+		if !known || cur.Fence > p.Fence {
+			delete(d.outbox.Moves, id)
+			dropped = true
+			continue
+		}
+		now[id] = ownership{Node: d.self, Fence: p.Fence}
+	}
+	if dropped {
+		_ = d.saveOutboxLocked() // best effort: a stale entry is dropped again at the next start
 	}
 	if p := d.owners.Swap(&now); p != nil {
 		old = *p
@@ -485,7 +505,18 @@ func (d *directory) agent(id core.AgentID) config.Agent {
 // An owner that does not answer is taken over: the directory write needs the
 // cluster's quorum, so a node cut off from the majority cannot do it, and the
 // old owner lets her go when it sees the move.
+//
+// Cut off from the quorum with her owner down, the move is kept in the
+// outbox and she is this node's meanwhile (keepMove).
 func (m *Mesh) Claim(ctx context.Context, id core.AgentID) error {
+	err := m.claim(ctx, id)
+	if errors.Is(err, ErrDirectoryUnavailable) && m.keepMove(id) {
+		return nil
+	}
+	return err
+}
+
+func (m *Mesh) claim(ctx context.Context, id core.AgentID) error {
 	h := m.dir.kv.Load()
 	if h == nil {
 		return fmt.Errorf("mesh: move %s here: %w", id, ErrDirectoryUnavailable)

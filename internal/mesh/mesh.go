@@ -128,7 +128,7 @@ func New(p Params) (*Mesh, error) {
 	if p.Logger == nil {
 		p.Logger = slog.Default()
 	}
-	m := &Mesh{p: p, prefix: "ccm." + p.Config.Name + ".", dir: newDirectory(p.Config.Members, p.Agents, p.DataDir),
+	m := &Mesh{p: p, prefix: "ccm." + p.Config.Name + ".", dir: newDirectory(p.Node, p.Config.Members, p.Agents, p.DataDir),
 		timeout: p.Config.RequestTimeout.D(), logger: p.Logger,
 		remote: map[core.AgentID]events.AgentState{}, feedGen: map[core.NodeID]uint64{}, feedSeq: map[core.NodeID]uint64{}, resyncing: map[core.NodeID]bool{},
 		heads: map[core.NodeID]remoteHeads{}, downUntil: map[core.NodeID]time.Time{}, boots: map[core.NodeID]uint64{}, boot: uint64(time.Now().UnixNano())}
@@ -148,6 +148,9 @@ func New(p Params) (*Mesh, error) {
 	// says, until the replicated one is read.
 	configured := *m.dir.owners.Load()
 	if err := m.dir.load(); err != nil {
+		return nil, err
+	}
+	if err := m.dir.loadOutbox(); err != nil { // moves kept while cut off hold too
 		return nil, err
 	}
 	m.reconcile(configured, *m.dir.owners.Load())
@@ -397,6 +400,7 @@ func (m *Mesh) Run(ctx context.Context, after uint64) error {
 	go m.runDirectory(ctx)
 	go m.runHealth(ctx)
 	go m.runSharedConfig(ctx)
+	go m.runOutbox(ctx)
 	err := m.publishFeed(ctx, after)
 	for _, s := range m.subs {
 		_ = s.Unsubscribe()

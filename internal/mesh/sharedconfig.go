@@ -81,8 +81,27 @@ func (m *Mesh) watchSharedConfig(ctx context.Context, kv jetstream.KeyValue) err
 // PutSharedConfig writes a new revision of the shared configuration. With
 // conditional set, only if expect is still the latest revision (0: none
 // written yet) — a compare-and-swap. The caller validates data first. It
-// returns the new revision.
-func (m *Mesh) PutSharedConfig(ctx context.Context, data []byte, expect uint64, conditional bool) (uint64, error) {
+// returns the new revision. When the bucket cannot be written (no quorum),
+// the push is kept in the outbox and ErrConfigPending returned: it is written
+// after the heal, replacing inForce (the revision in force at the caller) —
+// never a revision the majority wrote meanwhile.
+func (m *Mesh) PutSharedConfig(ctx context.Context, data []byte, expect uint64, conditional bool, inForce uint64) (uint64, error) {
+	rev, err := m.putSharedConfig(ctx, data, expect, conditional)
+	if errors.Is(err, ErrConfigUnavailable) {
+		if conditional && expect != inForce {
+			return 0, fmt.Errorf("mesh: write the configuration (expected revision %d, %d in force here): %w", expect, inForce, ErrConfigConflict)
+		}
+		base := inForce
+		if kerr := m.keepConfig(data, base); kerr != nil {
+			return 0, fmt.Errorf("%w (and not kept: %w)", err, kerr)
+		}
+		m.logger.Warn("mesh: configuration push kept for the heal (the cluster's quorum is out of reach)", "based_on", base)
+		return 0, fmt.Errorf("mesh: write the configuration: %w (based on revision %d)", ErrConfigPending, base)
+	}
+	return rev, err
+}
+
+func (m *Mesh) putSharedConfig(ctx context.Context, data []byte, expect uint64, conditional bool) (uint64, error) {
 	h := m.shared.kv.Load()
 	if h == nil {
 		return 0, fmt.Errorf("mesh: write the configuration: %w", ErrConfigUnavailable)

@@ -17,6 +17,8 @@ type Status struct {
 	NATS NATSState `json:"nats"`
 	// Directory is the replicated directory of agents that moved.
 	Directory DirectoryState `json:"directory"`
+	// Outbox is what this node keeps for the quorum (cut off from it).
+	Outbox OutboxState `json:"outbox"`
 }
 
 // DirectoryState describes this node's copy of the replicated directory.
@@ -104,6 +106,7 @@ func (m *Mesh) Status() Status {
 		return 0
 	})
 	st.Directory = DirectoryState{InSync: m.DirectoryInSync(), Moved: m.movedCount()}
+	st.Outbox = m.Outbox()
 	st.NATS.Connected = m.nc != nil && m.nc.IsConnected()
 	if m.srv != nil {
 		st.NATS.Embedded, st.NATS.Routes, st.NATS.ClientURL, st.NATS.RoutesURL = true, m.srv.NumRoutes(), m.srv.ClientURL(), m.RoutesAddr()

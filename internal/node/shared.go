@@ -142,7 +142,7 @@ func (n *Node) PutShared(ctx context.Context, data []byte, expect uint64, condit
 				return 0, false, fmt.Errorf("%w: %w", config.ErrInvalid, err)
 			}
 		}
-		rev, err := n.mesh.PutSharedConfig(ctx, data, expect, conditional)
+		rev, err := n.mesh.PutSharedConfig(ctx, data, expect, conditional, n.Shared().Revision)
 		if err != nil {
 			return 0, false, err
 		}
