@@ -56,6 +56,9 @@ type peer struct {
 	// ctx ends when the peer goes down: requests in flight to it end with it.
 	ctx    context.Context
 	cancel context.CancelFunc
+	// back is closed (and replaced) when the peer comes back from down:
+	// what waits to tell it something goes at once.
+	back chan struct{}
 	// downs counts the times it went down (also the generation a heal checks).
 	downs uint64
 	// maxGap is the longest silence between two heartbeats while not down:
@@ -91,7 +94,7 @@ func newHealth(members []core.NodeID, self core.NodeID, interval, timeout time.D
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel() // down until heard from
-		h.peers[n] = &peer{state: PeerDown, since: now, ctx: ctx, cancel: cancel}
+		h.peers[n] = &peer{state: PeerDown, since: now, ctx: ctx, cancel: cancel, back: make(chan struct{})}
 	}
 	return h
 }
@@ -112,6 +115,17 @@ func (h *health) admit(n core.NodeID, skip bool) (state PeerState, ctx context.C
 	}
 	p.sent++
 	return p.state, p.ctx, true
+}
+
+// comeback returns a channel closed when peer n next comes back from down
+// (nil for a node that is not a peer: never).
+func (h *health) comeback(n core.NodeID) <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if p, ok := h.peers[n]; ok {
+		return p.back
+	}
+	return nil
 }
 
 // state returns a peer's state ("" for a node that is not a peer).
@@ -174,6 +188,8 @@ func (h *health) heard(hb heartbeat, now time.Time) (transition, bool) {
 	t := transition{peer: hb.From, from: p.state, to: PeerUp, silent: silent, never: never}
 	if p.state == PeerDown {
 		p.ctx, p.cancel = context.WithCancel(context.Background())
+		close(p.back)
+		p.back = make(chan struct{})
 	}
 	p.state, p.since = PeerUp, now
 	return t, true

@@ -93,9 +93,14 @@ func TestKeptMovesAfterTheHeal(t *testing.T) {
 	n1, n3 := node(nodes, "n1"), node(nodes, "n3")
 	inSync(t, nodes)
 	keep(t, n1, "kim")
-	keep(t, n1, "lou")
-	// Meanwhile the majority moved lou to n3.
+	// lou was kept at n1 on what it knew before the cut, but the majority
+	// moved her to n3 meanwhile.
 	must(t, n3.mesh.Claim(context.Background(), "lou"))
+	n1.mesh.dir.moveMu.Lock()
+	changed, err := n1.mesh.keepLocked("lou", pendingMove{From: "n2", Fence: 0, At: time.Now()})
+	n1.mesh.dir.moveMu.Unlock()
+	n1.mesh.refreshReach(changed)
+	must(t, err)
 	for _, n := range nodes {
 		eventually(t, string(n.id)+" seeing kim at n1 and lou at n3", func() bool {
 			return n.mesh.Owner("kim") == "n1" && n.mesh.Owner("lou") == "n3"

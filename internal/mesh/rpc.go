@@ -228,12 +228,19 @@ func (m *Mesh) tokenOp(op string, tok agent.Token, wrapUp time.Duration, local f
 	return r.err(tok.Agent)
 }
 
-// retry sends req to node until it answers, for up to two minutes.
+// retry sends req to node until it answers, for up to retryFor: again after
+// a growing wait, and at once when the node comes back from down (so an agent
+// held by the notice is freed as soon as the link heals).
 func (m *Mesh) retry(node core.NodeID, req request) {
 	wait := 250 * time.Millisecond
-	deadline := time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(retryFor)
 	for time.Now().Before(deadline) && !m.nc.IsClosed() {
-		time.Sleep(wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-m.health.comeback(node):
+			t.Stop()
+		}
 		if _, err := m.call(node, req); err == nil || !errors.Is(err, ErrOwnerUnreachable) {
 			return
 		}
@@ -241,6 +248,11 @@ func (m *Mesh) retry(node core.NodeID, req request) {
 	}
 	m.logger.Error("mesh: gave up telling the owner", "op", req.Op, "owner", node, "token", req.Token)
 }
+
+// retryFor bounds how long a lease's end is retried: past it, the owner (if
+// it was restarted meanwhile) forgot the lease anyway, and the heal's lease
+// reconciliation settles what the holder no longer holds.
+const retryFor = 30 * time.Minute
 
 // Accept is the agent taking the offer (interaction.Agents).
 func (m *Mesh) Accept(tok agent.Token) error {

@@ -3,14 +3,20 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
 	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
+	"gopkg.in/yaml.v3"
 )
 
 // faultHomes spreads the sales agents over the three members: bob and farid
@@ -197,7 +203,7 @@ func TestSilentPartitionAndHeal(t *testing.T) {
 	// Not parallel: its timings are measured with the cores to itself.
 	ns, hostIP, nsIP, link := netns(t)
 	var homes [][2]string
-	for _, h := range [][2]string{{"bob", "node-1"}, {"farid", "node-1"}, {"ann", "node-2"}, {"ines", "node-2"}, {"dev", "node-3"}} {
+	for _, h := range [][2]string{{"bob", "node-1"}, {"farid", "node-1"}, {"ann", "node-2"}, {"ines", "node-2"}, {"dev", "node-3"}, {"gina", "node-1"}} {
 		homes = append(homes, [2]string{"  - id: " + h[0] + "\n", "  - id: " + h[0] + "\n    home: " + h[1] + "\n"})
 	}
 	section := func(routes, seed string) string {
@@ -259,7 +265,29 @@ func TestSilentPartitionAndHeal(t *testing.T) {
 	if a := decode[agentOwner](t, clients[0].call("GET", "/api/v1/agents/dev", supervisor(), "", 200)); a.Owner != "node-3" {
 		t.Fatalf("dev's owner seen from node-1: %q", a.Owner)
 	}
-	time.Sleep(4 * time.Second) // calls go on at node-1 with the agents of node-1 and node-2
+	// Meanwhile node-3, cut off from the quorum, keeps what it cannot write:
+	// gina (owned by node-1) logs in there, and a configuration push adding
+	// a vip queue is accepted for later.
+	keptAt := time.Now()
+	inside := nsClient(t, ns, p3.base)
+	inside.call("POST", "/api/v1/agents/gina/login", agent("gina"), "", 200)
+	cur := decode[struct {
+		YAML string `json:"yaml"`
+	}](t, inside.call("GET", "/api/v1/config/shared", admin(), "", 200))
+	inside.call("PUT", "/api/v1/config/shared", admin(), withVIPQueue(t, cur.YAML), 202)
+	if ob := decode[struct {
+		Outbox struct {
+			Moves  []struct{ Agent, From string } `json:"moves"`
+			Config *struct {
+				BasedOn uint64 `json:"based_on"`
+			} `json:"config"`
+		} `json:"outbox"`
+	}](t, inside.call("GET", "/api/v1/cluster", supervisor(), "", 200)).Outbox; len(ob.Moves) != 1 || ob.Moves[0].Agent != "gina" || ob.Moves[0].From != "node-1" || ob.Config == nil {
+		t.Fatalf("node-3's outbox while cut off: %+v", ob)
+	}
+	if d := 4*time.Second - time.Since(keptAt); d > 0 {
+		time.Sleep(d) // calls go on at node-1 with the agents of node-1 and node-2
+	}
 	if m := clients[0].member("node-3"); m.RequestsSent != sentAtDetection {
 		t.Errorf("node-1 sent %d requests to node-3 while it was down", m.RequestsSent-sentAtDetection)
 	}
@@ -272,6 +300,23 @@ func TestSilentPartitionAndHeal(t *testing.T) {
 			clients[0].member("node-3").Health == "up" && salesReady() >= 1
 	})
 	resumed := time.Since(healed)
+	// What node-3 kept is written once the quorum is back: gina is node-3's
+	// everywhere, and every member serves the vip queue.
+	for i, c := range clients {
+		eventually(t, 20*time.Second, fmt.Sprintf("node-%d seeing gina at node-3 and serving vip", i+1), func() bool {
+			st, _, _, _ := c.try("GET", "/api/v1/queues/vip", admin(), "")
+			return st == 200 && decode[agentOwner](t, c.call("GET", "/api/v1/agents/gina", supervisor(), "", 200)).Owner == "node-3"
+		})
+	}
+	written := time.Since(healed)
+	if ob := decode[struct {
+		Outbox struct {
+			Moves  []any `json:"moves"`
+			Config any   `json:"config"`
+		} `json:"outbox"`
+	}](t, clients[2].call("GET", "/api/v1/cluster", supervisor(), "", 200)).Outbox; len(ob.Moves) != 0 || ob.Config != nil {
+		t.Errorf("node-3's outbox after the heal: %+v", ob)
+	}
 	res := <-load
 	if !strings.HasPrefix(res, "exit 0") {
 		t.Fatalf("calls at node-1 failed across the partition:\n%s", res)
@@ -309,6 +354,54 @@ func TestSilentPartitionAndHeal(t *testing.T) {
 		t.Errorf("node-1 never took node-3 down: %+v", m)
 	}
 	_ = procs
-	t.Logf("silent partition of node-3: detected by node-1 after %v, node-2 after %v; 30 calls at node-1, 0 failed; requests to node-3 while down: 0; heal: up after %v, sharing resumed after %v (dev then took %d calls)",
-		detect[0].Round(time.Millisecond), detect[1].Round(time.Millisecond), up.Round(time.Millisecond), resumed.Round(time.Millisecond), granted)
+	t.Logf("silent partition of node-3: detected by node-1 after %v, node-2 after %v; 30 calls at node-1, 0 failed; requests to node-3 while down: 0; heal: up after %v, sharing resumed after %v (dev then took %d calls), node-3's outbox written after %v",
+		detect[0].Round(time.Millisecond), detect[1].Round(time.Millisecond), up.Round(time.Millisecond), resumed.Round(time.Millisecond), granted, written.Round(time.Millisecond))
+}
+
+// withVIPQueue adds a vip queue to a shared configuration document.
+func withVIPQueue(t *testing.T, doc string) string {
+	t.Helper()
+	var m map[string]any
+	if err := yaml.Unmarshal([]byte(doc), &m); err != nil {
+		t.Fatal(err)
+	}
+	m["queues"] = append(m["queues"].([]any), map[string]any{"id": "vip", "dn": "2099", "skills": map[string]any{"sales": 1}})
+	out, err := yaml.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(out)
+}
+
+// nsClient is a client of a node inside network namespace ns, reached from
+// within it (so even while its link is down): each connection's socket is
+// made on a thread switched into ns for the dial.
+func nsClient(t *testing.T, ns, base string) *client {
+	c := newClient(t, base)
+	c.http.Transport = &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		runtime.LockOSThread()
+		home, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			return nil, err
+		}
+		defer home.Close()
+		target, err := os.Open("/var/run/netns/" + ns)
+		if err != nil {
+			runtime.UnlockOSThread()
+			return nil, err
+		}
+		defer target.Close()
+		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			return nil, fmt.Errorf("enter %s: %w", ns, err)
+		}
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, network, addr)
+		if rerr := unix.Setns(int(home.Fd()), unix.CLONE_NEWNET); rerr == nil {
+			runtime.UnlockOSThread() // else the thread stays locked and dies with the goroutine
+		}
+		return conn, err
+	}}
+	return c
 }
