@@ -38,7 +38,8 @@ type Resource struct {
 	Queue core.QueueID `yaml:"queue" json:"queue,omitempty"`
 }
 
-// Resource returns the resource named id, if declared.
+// Resource returns the resource named id, if declared (it may be this node's
+// own: see Active).
 func (c *ClusterConfig) Resource(id string) (Resource, bool) {
 	for _, r := range c.Resources {
 		if r.ID == id {
@@ -46,6 +47,13 @@ func (c *ClusterConfig) Resource(id string) (Resource, bool) {
 		}
 	}
 	return Resource{}, false
+}
+
+// PeerResource returns the resource named id if declared and provided by a
+// node other than self: the ones a queue actually uses at self.
+func (c *ClusterConfig) PeerResource(id string, self core.NodeID) (Resource, bool) {
+	r, ok := c.Resource(id)
+	return r, ok && r.Node != self
 }
 
 // validateResources checks cluster.resources and the queues' uses of them.
@@ -65,10 +73,9 @@ func (c *Config) validateResources(p *problems) {
 			p.add(f+".id", "duplicate id %q", r.ID)
 		}
 		seen[r.ID] = true
-		switch {
-		case r.Node == c.Node.ID:
-			p.add(f+".node", "%q is this node (a resource here needs no declaration)", r.Node)
-		case !slices.Contains(cl.Members, r.Node):
+		// (This node's own resources may be listed too — the same list on
+		// every member; they are inactive here.)
+		if !slices.Contains(cl.Members, r.Node) {
 			p.add(f+".node", "unknown node %q (not in cluster.members)", r.Node)
 		}
 		switch r.Kind {

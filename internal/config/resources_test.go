@@ -28,7 +28,6 @@ func TestResourceValidation(t *testing.T) {
 		{"no cluster", func(c *Config) { c.Cluster.Members, c.Cluster.Peers = nil, nil }, "cluster.resources[0]", "not in a cluster"},
 		{"bad id", func(c *Config) { c.Cluster.Resources[0].ID = "East!" }, "cluster.resources[0].id", `invalid id "East!"`},
 		{"duplicate id", func(c *Config) { c.Cluster.Resources[1].ID = "east-support" }, "cluster.resources[1].id", "duplicate"},
-		{"self", func(c *Config) { c.Cluster.Resources[0].Node = "node-1" }, "cluster.resources[0].node", "is this node"},
 		{"unknown node", func(c *Config) { c.Cluster.Resources[0].Node = "node-7" }, "cluster.resources[0].node", `unknown node "node-7"`},
 		{"kind", func(c *Config) { c.Cluster.Resources[0].Kind = "trunk" }, "cluster.resources[0].kind", `unknown kind "trunk"`},
 		{"no uri", func(c *Config) { c.Cluster.Resources[0].URI = "" }, "cluster.resources[0].uri", "required for kind queue"},
@@ -73,6 +72,19 @@ func TestResourceValidation(t *testing.T) {
 	if r, ok := c.Cluster.Resource("east-sounds"); !ok || r.Kind != ResourceMedia {
 		t.Fatalf("Resource(east-sounds) = %+v, %v", r, ok)
 	}
+	// The same list on every member: at node-2, its own resources are valid
+	// and inactive.
+	c.Node.ID = "node-2"
+	if err := c.Validate(); err != nil {
+		t.Fatalf("this node's own resources: %v", err)
+	}
+	if _, ok := c.Cluster.PeerResource("east-support", "node-2"); ok {
+		t.Fatal("a resource of this node taken as a peer's")
+	}
+	if _, ok := c.Cluster.PeerResource("east-support", "node-1"); !ok {
+		t.Fatal("node-2's resource not a peer's at node-1")
+	}
+	c.Node.ID = "node-1"
 	// The keys parse from YAML, and a misspelt one is named.
 	y := `node: {id: node-1}
 cluster:

@@ -509,14 +509,19 @@ func (d *directory) agent(id core.AgentID) config.Agent {
 // Cut off from the quorum with her owner down, the move is kept in the
 // outbox and she is this node's meanwhile (keepMove).
 func (m *Mesh) Claim(ctx context.Context, id core.AgentID) error {
-	err := m.claim(ctx, id)
+	err := m.claim(ctx, id, anyFence)
 	if errors.Is(err, ErrDirectoryUnavailable) && m.keepMove(id) {
 		return nil
 	}
 	return err
 }
 
-func (m *Mesh) claim(ctx context.Context, id core.AgentID) error {
+// anyFence lets claim move an agent from whatever the directory says now.
+const anyFence = ^uint64(0)
+
+// claim moves agent id here from the owner the bucket names, only at fence
+// want unless it is anyFence (ErrMoveConflict otherwise).
+func (m *Mesh) claim(ctx context.Context, id core.AgentID, want uint64) error {
 	h := m.dir.kv.Load()
 	if h == nil {
 		return fmt.Errorf("mesh: move %s here: %w", id, ErrDirectoryUnavailable)
@@ -546,6 +551,9 @@ func (m *Mesh) claim(ctx context.Context, id core.AgentID) error {
 	}
 	if cur.Node == m.p.Node {
 		return nil
+	}
+	if want != anyFence && cur.Fence != want {
+		return fmt.Errorf("mesh: move %s here at fence %d: the directory is at %d: %w", id, want, cur.Fence, ErrMoveConflict)
 	}
 	// Asked even if it just missed another request, and given longer than a
 	// reservation: taking an agent over is not to be done on a hiccup.

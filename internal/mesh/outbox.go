@@ -172,10 +172,14 @@ func (m *Mesh) keepMove(id core.AgentID) bool {
 func (m *Mesh) keepLocked(id core.AgentID, p pendingMove) ([]core.AgentID, error) {
 	m.dir.mu.Lock()
 	m.dir.outbox.Moves[id] = p
-	err := m.dir.saveOutboxLocked()
+	if err := m.dir.saveOutboxLocked(); err != nil {
+		delete(m.dir.outbox.Moves, id) // not kept: not hers here either
+		m.dir.mu.Unlock()
+		return nil, err
+	}
 	old, now := m.dir.rebuildLocked()
 	m.dir.mu.Unlock()
-	return m.reconcile(old, now), err
+	return m.reconcile(old, now), nil
 }
 
 // runOutbox writes the kept writes whenever the quorum is reachable, until
@@ -216,7 +220,7 @@ func (m *Mesh) flushMoves(ctx context.Context) {
 		if !m.stillKept(id, p) {
 			continue // dropped by a newer move
 		}
-		err := m.claim(ctx, id)
+		err := m.claim(ctx, id, p.Fence) // never over a move made meanwhile
 		switch {
 		case errors.Is(err, ErrDirectoryUnavailable):
 			return

@@ -17,6 +17,7 @@ import (
 	"github.com/ccmesh/ccmesh/internal/config"
 	"github.com/ccmesh/ccmesh/internal/core"
 	"github.com/ccmesh/ccmesh/internal/media"
+	"github.com/ccmesh/ccmesh/internal/mesh"
 	"github.com/ccmesh/ccmesh/internal/sip"
 )
 
@@ -59,8 +60,12 @@ type peerSounds struct {
 	sums    map[peerSound][32]byte    // of the file fetched this run
 }
 
-// soundsRefresh is how often a peer's sound is fetched again.
-const soundsRefresh = 5 * time.Minute
+// soundsRefresh is how often a peer's sound is fetched again; soundsRetry how
+// soon after a failed fetch.
+const (
+	soundsRefresh = 5 * time.Minute
+	soundsRetry   = 30 * time.Second
+)
 
 func newPeerSounds(dataDir string, logger *slog.Logger) *peerSounds {
 	return &peerSounds{dataDir: dataDir, logger: logger, clips: map[peerSound]*media.Clip{}, fetched: map[peerSound]time.Time{}, sums: map[peerSound][32]byte{}}
@@ -68,12 +73,12 @@ func newPeerSounds(dataDir string, logger *slog.Logger) *peerSounds {
 
 // wanted lists the sounds queues take from peers: those a queue has no file
 // for here (not set, or set but missing).
-func wanted(queues []config.Queue, cl *config.ClusterConfig) map[core.QueueID]map[string]peerSound {
+func wanted(queues []config.Queue, cl *config.ClusterConfig, self core.NodeID) map[core.QueueID]map[string]peerSound {
 	out := map[core.QueueID]map[string]peerSound{}
 	for _, q := range queues {
-		r, ok := cl.Resource(q.Sounds.From)
+		r, ok := cl.PeerResource(q.Sounds.From, self)
 		if !ok {
-			continue
+			continue // none, or this node's own: its files play
 		}
 		peerQ := r.Queue
 		if peerQ == "" {
@@ -134,7 +139,10 @@ func (p *peerSounds) fetch(mesh fetcher, want map[core.QueueID]map[string]peerSo
 			}
 			c, data, err := p.get(mesh, s)
 			if err != nil {
-				p.logger.Warn("fetch a peer's sound", "sound", s.String(), "node", s.resource.Node, "err", err)
+				p.logger.Warn("fetch a peer's sound; trying again later", "sound", s.String(), "node", s.resource.Node, "err", err, "in", soundsRetry.String())
+				p.mu.Lock()
+				p.fetched[s] = now.Add(soundsRetry - soundsRefresh) // due again in soundsRetry
+				p.mu.Unlock()
 				continue
 			}
 			sum := sha256.Sum256(data)
@@ -189,11 +197,16 @@ func (n *Node) serveSound(q core.QueueID, kind string) ([]byte, error) {
 		if path == "" {
 			return nil, nil
 		}
-		data, err := os.ReadFile(path)
-		if errors.Is(err, fs.ErrNotExist) {
+		fi, err := os.Stat(path)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
 			return nil, nil
+		case err != nil:
+			return nil, err
+		case fi.Size() > mesh.MaxSoundBytes:
+			return nil, fmt.Errorf("%s is %d bytes: at most %d are served to peers", path, fi.Size(), mesh.MaxSoundBytes)
 		}
-		return data, err
+		return os.ReadFile(path)
 	}
 	return nil, nil
 }
@@ -205,7 +218,7 @@ func (n *Node) runPeerSounds(ctx context.Context) error {
 	defer t.Stop()
 	for {
 		cfg := n.shared.current()
-		if want := wanted(cfg.Queues, &n.cfg.Cluster); len(want) > 0 && n.sounds.fetch(n.mesh, want, time.Now()) {
+		if want := wanted(cfg.Queues, &n.cfg.Cluster, n.cfg.Node.ID); len(want) > 0 && n.sounds.fetch(n.mesh, want, time.Now()) {
 			n.replanVoice()
 		}
 		select {
@@ -233,7 +246,7 @@ func (n *Node) replanVoice() {
 // sound files loaded (one missing here, with sounds.from set, is the peer's,
 // when fetched), and hand-overs to peers' queues.
 func (n *Node) voicePlan(queues []config.Queue) (map[string]core.QueueID, map[core.QueueID]sip.QueueVoice, error) {
-	want := wanted(queues, &n.cfg.Cluster)
+	want := wanted(queues, &n.cfg.Cluster, n.cfg.Node.ID)
 	routes := map[string]core.QueueID{}
 	voice := map[core.QueueID]sip.QueueVoice{}
 	for _, q := range queues {
@@ -252,11 +265,14 @@ func (n *Node) voicePlan(queues []config.Queue) (map[string]core.QueueID, map[co
 			}
 			var err error
 			if *dst, err = media.LoadWAVFile(path); err != nil {
+				if q.Sounds.From != "" && errors.Is(err, fs.ErrNotExist) {
+					continue // from this node's own media resource: none here
+				}
 				return nil, nil, fmt.Errorf("queue %s: %w", q.ID, err)
 			}
 		}
 		for _, st := range q.Overflow {
-			if r, ok := n.cfg.Cluster.Resource(st.To); ok && st.To != "" {
+			if r, ok := n.cfg.Cluster.PeerResource(st.To, n.cfg.Node.ID); ok {
 				qv.Handover = &sip.Handover{After: st.After.D(), Resource: r.ID, Node: r.Node, URI: r.URI}
 			}
 		}

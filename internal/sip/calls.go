@@ -351,6 +351,7 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 		c.from = f.Address.String()
 	}
 	attrs := map[string]string{"call_id": req.CallID().Value(), "to": req.Recipient.User}
+	handedIn := req.GetHeader(headerHandover) != nil
 	if h := req.GetHeader(headerHandover); h != nil {
 		// Handed over by a peer: it stays here, and the caller is the peer's.
 		attrs["handed_over_by"] = h.Value()
@@ -418,7 +419,9 @@ func (m *calls) onInvite(req *sip.Request, tx sip.ServerTransaction) {
 	switch {
 	case direct: // signalling only: the caller hears its own ringback
 		code, reason, body, hdrs = 180, "Ringing", nil, nil
-	case snd.AnswerFirst && dst.queue != "":
+	case snd.AnswerFirst && dst.queue != "" && !handedIn:
+		// (a hand-over from a peer is answered only by an agent: the peer
+		// keeps the call in its own queue until then)
 		code, reason = 200, "OK"
 	}
 	if err := c.a.Respond(code, reason, body, hdrs...); err != nil {
@@ -504,7 +507,10 @@ func (m *calls) run(c *call, tx sip.ServerTransaction) {
 			if !m.talk(c, br) {
 				return
 			}
-			ho = m.newHandover(c) // waiting again after a blind transfer
+			// Waiting again after a blind transfer: to another queue or agent,
+			// so the first queue's hand-over no longer applies.
+			m.stopHandover(c, ho)
+			ho = &handover{}
 		}
 	}
 }
@@ -950,11 +956,8 @@ func (m *calls) Ended(id core.InteractionID, state string) {
 	if c == nil {
 		return // the SIP side ended it first
 	}
-	c.mu.Lock()
-	handedOver := c.handedOver
-	c.mu.Unlock()
-	if handedOver {
-		return // ended here because a peer's queue took the call: it goes on
+	if state == string(interaction.StateHandedOver) {
+		return // a peer's queue took the call: it goes on
 	}
 	select {
 	case c.ended <- state:

@@ -2,6 +2,7 @@ package sip
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -53,6 +54,7 @@ type peerLeg struct {
 	b      *sipgo.DialogClientSession // nil when the attempt failed
 	rx     net.PacketConn
 	remote sdp.Media
+	desc   sdp.Description // the node's SDP on the leg
 	err    error
 }
 
@@ -61,13 +63,19 @@ type handover struct {
 	h      *Handover
 	timer  *time.Timer
 	cancel context.CancelFunc // the attempt in progress
+	// retry is the wait before the next attempt after a failed or refrained
+	// one: HandoverRetry, doubled each time up to handoverMaxRetry.
+	retry time.Duration
 }
+
+// handoverMaxRetry bounds the back-off between attempts.
+const handoverMaxRetry = time.Minute
 
 func (m *calls) newHandover(c *call) *handover {
 	if c.handover == nil || m.peers == nil {
 		return &handover{}
 	}
-	return &handover{h: c.handover, timer: time.NewTimer(c.handover.After)}
+	return &handover{h: c.handover, timer: time.NewTimer(c.handover.After), retry: HandoverRetry}
 }
 
 // due is the timer of the next attempt (nil: none).
@@ -78,34 +86,32 @@ func (ho *handover) due() <-chan time.Time {
 	return ho.timer.C
 }
 
-// start begins an attempt, or refrains while the peer is down.
+// later arms the next attempt, backing off.
+func (ho *handover) later() {
+	ho.timer.Reset(ho.retry)
+	ho.retry = min(2*ho.retry, handoverMaxRetry)
+}
+
+// startHandover begins an attempt, or refrains while the peer is down.
 func (m *calls) startHandover(c *call, ho *handover) {
 	peerCtx, err := m.peers.Use(ho.h.Node)
 	if err != nil {
 		m.stats.handoverRefrained.Add(1)
 		m.logger.Info("sip: hand-over refrained from", "interaction", c.ix, "resource", ho.h.Resource, "err", err)
-		ho.timer.Reset(HandoverRetry)
+		ho.later()
 		return
 	}
-	// Cancelled by the call (a local agent answered, the caller left): the
-	// peer gets a CANCEL. The peer going down ends the attempt at once, and
-	// sends it nothing more (no CANCEL waiting on a dead peer's answer).
-	cctx, cancel := context.WithCancelCause(context.Background())
-	stopWatch := context.AfterFunc(peerCtx, func() { cancel(sipgo.WaitAnswerForceCancelErr) })
-	ctx, stopTimer := context.WithTimeout(cctx, maxRing)
-	ho.cancel = func() {
-		stopWatch()
-		stopTimer()
-		cancel(nil)
-	}
+	ctx, cancel := context.WithTimeout(context.Background(), maxRing)
+	ho.cancel = cancel
 	c.mu.Lock()
 	gen := c.hoGen
 	c.mu.Unlock()
-	go m.placePeerLeg(ctx, c, ho.h, gen)
+	go m.placePeerLeg(ctx, cancel, peerCtx, c, ho.h, gen)
 }
 
-// stop ends the attempt in progress (CANCEL) and makes any outcome still to
-// come stale; no further attempt starts.
+// stopHandover ends the attempt in progress (CANCEL) and makes any outcome
+// still to come stale — one already delivered is hung up; no further attempt
+// starts.
 func (m *calls) stopHandover(c *call, ho *handover) {
 	if ho.cancel != nil {
 		ho.cancel()
@@ -118,15 +124,16 @@ func (m *calls) stopHandover(c *call, ho *handover) {
 	c.mu.Lock()
 	c.hoGen++
 	c.mu.Unlock()
+	select {
+	case pl := <-c.peerLeg: // answered just as the call went another way
+		go m.hangUpLeg(pl.b, pl.rx)
+	default:
+	}
 }
 
-// settle takes an attempt's outcome in the run goroutine: true when the peer
-// took the call (the caller is now bridged to the peer leg).
+// settleHandover takes an attempt's outcome in the run goroutine: true when
+// the peer took the call (the caller is now bridged to the peer leg).
 func (m *calls) settleHandover(c *call, ho *handover, pl peerLeg) bool {
-	if ho.cancel != nil {
-		ho.cancel()
-		ho.cancel = nil
-	}
 	c.mu.Lock()
 	stale := pl.gen != c.hoGen
 	c.mu.Unlock()
@@ -134,19 +141,23 @@ func (m *calls) settleHandover(c *call, ho *handover, pl peerLeg) bool {
 		m.hangUpLeg(pl.b, pl.rx)
 		return false
 	}
+	if ho.cancel != nil {
+		ho.cancel()
+		ho.cancel = nil
+	}
 	if pl.err != nil {
 		m.stats.handoverFailed.Add(1)
 		m.logger.Info("sip: hand-over failed; the call waits here", "interaction", c.ix, "resource", ho.h.Resource, "err", pl.err)
-		ho.timer.Reset(HandoverRetry)
+		ho.later()
 		return false
 	}
-	// Marked first: the interaction's end (Ended) is then not taken for
-	// the call's, and a local agent's answer racing it is hung up (Deliver).
+	// Marked first: a local agent's answer racing it is hung up (Deliver),
+	// and the interaction's end is not taken for the call's (Ended).
 	c.mu.Lock()
 	c.handedOver = true
 	c.mu.Unlock()
 	if _, err := m.svc.HandOver(c.ix, "handed over to "+ho.h.Resource+" at "+string(ho.h.Node)); err != nil {
-		// A local agent took it meanwhile: theirs wins.
+		// A local agent took it meanwhile (theirs wins), or it ended.
 		c.mu.Lock()
 		c.handedOver = false
 		c.mu.Unlock()
@@ -156,7 +167,7 @@ func (m *calls) settleHandover(c *call, ho *handover, pl peerLeg) bool {
 	m.stopHandover(c, ho)
 	c.mu.Lock()
 	c.tok, c.agentID = agent.Token{}, ""
-	c.b, c.bRx = pl.b, pl.rx
+	c.b, c.bRx, c.bDesc = pl.b, pl.rx, pl.desc
 	c.mu.Unlock()
 	m.mu.Lock()
 	m.byB[pl.b] = c
@@ -167,58 +178,84 @@ func (m *calls) settleHandover(c *call, ho *handover, pl peerLeg) bool {
 }
 
 // placePeerLeg INVITEs the peer queue and reports the outcome on c.peerLeg,
-// unless the attempt went stale meanwhile (the leg is then hung up).
-func (m *calls) placePeerLeg(ctx context.Context, c *call, h *Handover, gen uint64) {
-	pl := peerLeg{gen: gen}
-	pl.err = func() error {
-		var uri sip.Uri
-		if err := sip.ParseUri(h.URI, &uri); err != nil {
-			return fmt.Errorf("uri %q: %w", h.URI, err)
-		}
-		rx, err := m.listen()
-		if err != nil {
-			return fmt.Errorf("no media port: %w", err)
-		}
-		pref := sdp.PCMU
-		if c.codec == media.PCMA {
-			pref = sdp.PCMA
-		}
-		desc := sdp.Offer(rx.LocalAddr().(*net.UDPAddr).AddrPort(), rand.Uint64N(1<<62), pref)
-		maxFwd := sip.MaxForwardsHeader(c.maxFwd)
-		b, err := m.dcc.Invite(ctx, uri, desc.Marshal(), contentSDP(), &maxFwd,
-			sip.NewHeader(headerHandover, h.Resource), sip.NewHeader(headerCaller, c.from))
-		if err == nil {
-			err = b.WaitAnswer(ctx, sipgo.AnswerOptions{})
-		}
-		if err != nil {
-			if b != nil && b.InviteResponse != nil && b.InviteResponse.IsSuccess() {
-				m.ackAndHangUp(b) // answered as the attempt was cut short
-			}
-			closeConn(rx)
-			if ctx.Err() != nil {
-				return fmt.Errorf("cut short (peer down or call settled): %w", ctx.Err())
-			}
-			return err
-		}
-		_ = b.Ack(ctx)
-		remote, perr := sdp.Parse(b.InviteResponse.Body())
-		if perr == nil && len(remote.Codecs) == 0 {
-			perr = sdp.ErrNoCommon
-		}
-		if perr != nil {
-			m.hangUpLeg(b, rx)
-			return fmt.Errorf("peer's answer: %w", perr)
-		}
-		pl.b, pl.rx, pl.remote = b, rx, remote
-		return nil
-	}()
+// unless the attempt went stale meanwhile (the leg is then hung up). If the
+// peer goes down first, the failure is reported at once and the INVITE
+// cancelled in the background (a CANCEL still goes: the mesh may be cut while
+// SIP still reaches the peer; sipgo's transaction timers bound it).
+func (m *calls) placePeerLeg(ctx context.Context, cancel context.CancelFunc, peerCtx context.Context, c *call, h *Handover, gen uint64) {
+	done := make(chan peerLeg, 1)
+	go func() { done <- m.invitePeer(ctx, c, h, gen) }()
+	var pl peerLeg
+	select {
+	case pl = <-done:
+	case <-peerCtx.Done():
+		cancel()
+		pl = peerLeg{gen: gen, err: errors.New("cut short: the peer went down")}
+		go func() {
+			late := <-done
+			m.hangUpLeg(late.b, late.rx) // answered as it was cancelled
+		}()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.done || c.hoGen != gen {
 		go m.hangUpLeg(pl.b, pl.rx)
 		return
 	}
-	c.peerLeg <- pl // one attempt at a time: the buffer has room
+	select {
+	case c.peerLeg <- pl: // one attempt at a time: the buffer has room
+	default:
+		go m.hangUpLeg(pl.b, pl.rx)
+	}
+}
+
+// invitePeer places the peer leg and waits for its answer.
+func (m *calls) invitePeer(ctx context.Context, c *call, h *Handover, gen uint64) peerLeg {
+	pl := peerLeg{gen: gen}
+	var uri sip.Uri
+	if err := sip.ParseUri(h.URI, &uri); err != nil {
+		pl.err = fmt.Errorf("uri %q: %w", h.URI, err)
+		return pl
+	}
+	rx, err := m.listen()
+	if err != nil {
+		pl.err = fmt.Errorf("no media port: %w", err)
+		return pl
+	}
+	pref := sdp.PCMU
+	if c.codec == media.PCMA {
+		pref = sdp.PCMA
+	}
+	desc := sdp.Offer(rx.LocalAddr().(*net.UDPAddr).AddrPort(), rand.Uint64N(1<<62), pref)
+	maxFwd := sip.MaxForwardsHeader(c.maxFwd)
+	b, err := m.dcc.Invite(ctx, uri, desc.Marshal(), contentSDP(), &maxFwd,
+		sip.NewHeader(headerHandover, h.Resource), sip.NewHeader(headerCaller, c.from))
+	if err == nil {
+		err = b.WaitAnswer(ctx, sipgo.AnswerOptions{})
+	}
+	if err != nil {
+		if b != nil && b.InviteResponse != nil && b.InviteResponse.IsSuccess() {
+			m.ackAndHangUp(b) // answered as the attempt was cancelled
+		}
+		closeConn(rx)
+		if ctx.Err() != nil {
+			err = fmt.Errorf("cancelled: %w", ctx.Err())
+		}
+		pl.err = err
+		return pl
+	}
+	_ = b.Ack(ctx)
+	remote, perr := sdp.Parse(b.InviteResponse.Body())
+	if perr == nil && len(remote.Codecs) == 0 {
+		perr = sdp.ErrNoCommon
+	}
+	if perr != nil {
+		m.hangUpLeg(b, rx)
+		pl.err = fmt.Errorf("peer's answer: %w", perr)
+		return pl
+	}
+	pl.b, pl.rx, pl.remote, pl.desc = b, rx, remote, desc
+	return pl
 }
 
 // ackAndHangUp ends a leg that answered when it was no longer wanted.
