@@ -36,23 +36,7 @@ func TestClusterValidation(t *testing.T) {
 		{"unknown home", func(c *Config) { c.Agents[0].Home = "node-9" }, "agents[0].home", `unknown node "node-9"`},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			c := Default()
-			base(c)
-			tc.mutate(c)
-			ApplyDefaults(c)
-			var ve *ValidationError
-			if err := c.Validate(); !errors.As(err, &ve) {
-				t.Fatalf("Validate = %v, want a ValidationError", err)
-			}
-			found := false
-			for _, p := range ve.Problems {
-				found = found || p.Field == tc.field && strings.Contains(p.Message, tc.want)
-			}
-			if !found {
-				t.Fatalf("problems %v, want one at %s containing %q", ve.Problems, tc.field, tc.want)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { wantProblem(t, base, tc.mutate, tc.field, tc.want) })
 	}
 	// Alone, a home other than this node is an error; a valid cluster passes.
 	c := Default()
@@ -69,4 +53,24 @@ func TestClusterValidation(t *testing.T) {
 	if c.Cluster.Name != DefaultClusterName || c.Cluster.RequestTimeout != DefaultRequestTimeout || c.Cluster.Listen != "" || c.Cluster.RoutesListen != DefaultRoutesListen {
 		t.Fatalf("defaults not applied: %+v", c.Cluster)
 	}
+}
+
+// wantProblem applies base then mutate to the default configuration and
+// checks that Validate reports a problem at field ("": any) containing want.
+func wantProblem(t *testing.T, base, mutate func(*Config), field, want string) {
+	t.Helper()
+	c := Default()
+	base(c)
+	mutate(c)
+	ApplyDefaults(c)
+	var ve *ValidationError
+	if err := c.Validate(); !errors.As(err, &ve) {
+		t.Fatalf("Validate = %v, want a ValidationError", err)
+	}
+	for _, p := range ve.Problems {
+		if (field == "" || p.Field == field) && strings.Contains(p.Message, want) {
+			return
+		}
+	}
+	t.Fatalf("problems %v, want one at %q containing %q", ve.Problems, field, want)
 }

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -45,23 +44,7 @@ func TestResourceValidation(t *testing.T) {
 		{"from a queue", func(c *Config) { c.Queues[0].Sounds.From = "east-support" }, "queues[0].sounds.from", "not media"},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			c := Default()
-			base(c)
-			tc.mutate(c)
-			ApplyDefaults(c)
-			var ve *ValidationError
-			if err := c.Validate(); !errors.As(err, &ve) {
-				t.Fatalf("Validate = %v, want a ValidationError", err)
-			}
-			found := false
-			for _, p := range ve.Problems {
-				found = found || (tc.field == "" || p.Field == tc.field) && strings.Contains(p.Message, tc.want)
-			}
-			if !found {
-				t.Fatalf("problems %v, want one at %q containing %q", ve.Problems, tc.field, tc.want)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { wantProblem(t, base, tc.mutate, tc.field, tc.want) })
 	}
 	c := Default()
 	base(c)

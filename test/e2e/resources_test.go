@@ -69,19 +69,7 @@ func TestQueueHandoverAndMediaFromPeer(t *testing.T) {
 	}
 	p1 := serve(t, cfg1)
 	c1, c2 := newClient(t, p1.base), newClient(t, p2.base)
-	for i, c := range []*client{c1, c2} {
-		eventually(t, 20*time.Second, fmt.Sprintf("node-%d in the cluster", i+1), func() bool {
-			st := decode[struct {
-				NATS struct {
-					Routes int `json:"routes"`
-				} `json:"nats"`
-				Directory struct {
-					InSync bool `json:"in_sync"`
-				} `json:"directory"`
-			}](t, c.call("GET", "/api/v1/cluster", supervisor(), "", 200))
-			return st.NATS.Routes >= 1 && st.Directory.InSync
-		})
-	}
+	waitClustered(t, []*proc{p1, p2})
 	kept := filepath.Join(data1, "peer-sounds", "east-sounds", "sales", "announcement.wav")
 	eventually(t, 10*time.Second, "node-1 keeping node-2's announcement", func() bool {
 		got, err := os.ReadFile(kept)
