@@ -1,6 +1,7 @@
 package sip
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,8 +68,11 @@ type calls struct {
 	contacts func(core.AgentID) []string
 	peers    Peers // the gate to peers' resources (nil: not in a cluster)
 	dsc      *sipgo.DialogServerCache
-	dcc      *sipgo.DialogClientCache
-	host     netip.Addr
+	// dcc places calls over connection-oriented transports; dccUDP over UDP
+	// from the node's listening socket (its large receive buffer; phones
+	// behind NAT expect requests from the port they registered with).
+	dcc, dccUDP *sipgo.DialogClientCache
+	host        netip.Addr
 	// contact is the node's Contact for responses it builds itself.
 	contact sip.ContactHeader
 	// rtpTimeout ends a bridged call whose media stopped both ways.
@@ -204,6 +209,7 @@ type callsParams struct {
 	contacts   func(core.AgentID) []string
 	peers      Peers
 	client     *sipgo.Client
+	clientUDP  *sipgo.Client // sends from the UDP listener (nil: client)
 	host       string
 	port       int
 	rtpTimeout time.Duration
@@ -234,7 +240,8 @@ func newCalls(p callsParams) (*calls, error) {
 	m := &calls{svc: p.svc, dir: p.dir, reg: p.reg, contacts: p.contacts, peers: p.peers, host: ip, contact: contact,
 		rtpTimeout: p.rtpTimeout, maxCalls: p.maxCalls, logger: p.logger,
 		dsc: sipgo.NewDialogServerCache(p.client, contact), dcc: sipgo.NewDialogClientCache(p.client, contact),
-		byIx: map[core.InteractionID]*call{}, byA: map[*sipgo.DialogServerSession]*call{}, byB: map[*sipgo.DialogClientSession]*call{},
+		dccUDP: sipgo.NewDialogClientCache(cmp.Or(p.clientUDP, p.client), contact),
+		byIx:   map[core.InteractionID]*call{}, byA: map[*sipgo.DialogServerSession]*call{}, byB: map[*sipgo.DialogClientSession]*call{},
 		inviting: map[string]string{}, acks: map[string]chan struct{}{}}
 	m.plan.Store(&dialPlan{routes: p.routes, queues: p.queues})
 	return m, nil
@@ -252,6 +259,21 @@ type dialPlan struct {
 const maxRing = 11 * time.Minute
 
 func contentSDP() sip.Header { return sip.NewHeader("Content-Type", "application/sdp") }
+
+// invite places a call leg to uri: over UDP (no transport parameter) from the
+// node's listening socket, else over the transport the URI names.
+func (m *calls) invite(ctx context.Context, uri sip.Uri, body []byte, hdrs ...sip.Header) (*sipgo.DialogClientSession, error) {
+	dcc := m.dcc
+	if t, ok := uri.UriParams.Get("transport"); !ok || strings.EqualFold(t, "udp") {
+		dcc = m.dccUDP
+	}
+	return dcc.Invite(ctx, uri, body, hdrs...)
+}
+
+// dccs are the dialog caches of the legs the node placed.
+func (m *calls) dccs() [2]*sipgo.DialogClientCache {
+	return [2]*sipgo.DialogClientCache{m.dccUDP, m.dcc}
+}
 
 // listen opens a media socket on the node's address.
 func (m *calls) listen() (net.PacketConn, error) {
@@ -878,7 +900,7 @@ func (m *calls) Deliver(ix events.Interaction, tok agent.Token) {
 		c.mu.Unlock()
 	}()
 	maxFwd := sip.MaxForwardsHeader(c.maxFwd)
-	b, err := m.dcc.Invite(ctx, uri, body, contentSDP(), &maxFwd)
+	b, err := m.invite(ctx, uri, body, contentSDP(), &maxFwd)
 	if err == nil {
 		err = b.WaitAnswer(ctx, sipgo.AnswerOptions{})
 	}

@@ -228,7 +228,7 @@ func (m *calls) invitePeer(ctx context.Context, c *call, h *Handover, gen uint64
 	}
 	desc := sdp.Offer(rx.LocalAddr().(*net.UDPAddr).AddrPort(), rand.Uint64N(1<<62), pref)
 	maxFwd := sip.MaxForwardsHeader(c.maxFwd)
-	b, err := m.dcc.Invite(ctx, uri, desc.Marshal(), contentSDP(), &maxFwd,
+	b, err := m.invite(ctx, uri, desc.Marshal(), contentSDP(), &maxFwd,
 		sip.NewHeader(headerHandover, h.Resource), sip.NewHeader(headerCaller, c.from))
 	if err == nil {
 		err = b.WaitAnswer(ctx, sipgo.AnswerOptions{})

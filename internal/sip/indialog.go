@@ -58,11 +58,13 @@ func (m *calls) leg(req *sip.Request) (c *call, agentLeg bool, d *sipgo.Dialog) 
 		m.mu.Unlock()
 		return c, false, &a.Dialog
 	}
-	if b, err := m.dcc.MatchRequestDialog(req); err == nil {
-		m.mu.Lock()
-		c = m.byB[b]
-		m.mu.Unlock()
-		return c, true, &b.Dialog
+	for _, dcc := range m.dccs() {
+		if b, err := dcc.MatchRequestDialog(req); err == nil {
+			m.mu.Lock()
+			c = m.byB[b]
+			m.mu.Unlock()
+			return c, true, &b.Dialog
+		}
 	}
 	return nil, false, nil
 }
@@ -366,8 +368,10 @@ func (m *calls) onBye(req *sip.Request, tx sip.ServerTransaction) {
 	if err := m.dsc.ReadBye(req, tx); err == nil {
 		return
 	}
-	if err := m.dcc.ReadBye(req, tx); err == nil {
-		return
+	for _, dcc := range m.dccs() {
+		if err := dcc.ReadBye(req, tx); err == nil {
+			return
+		}
 	}
 	reply(tx, req, 481, "Call/Transaction Does Not Exist")
 }

@@ -141,9 +141,17 @@ func New(p Params) (*Server, error) {
 			s.closeListeners()
 			return nil, fmt.Errorf("sip: client: %w", err)
 		}
+		// UDP requests leave from the listening socket: its 8 MiB receive
+		// buffer takes the answers (a client socket of its own had the system
+		// default and dropped answers under load).
+		clientUDP, err := sipgo.NewClient(s.ua, sipgo.WithClientHostname(host), sipgo.WithClientConnectionAddr(s.udp.LocalAddr().String()))
+		if err != nil {
+			s.closeListeners()
+			return nil, fmt.Errorf("sip: client: %w", err)
+		}
 		port := s.udp.LocalAddr().(*net.UDPAddr).Port
 		if s.calls, err = newCalls(callsParams{svc: p.Interactions, routes: p.Routes, dir: p.Directory, queues: p.Queues, reg: s.reg, contacts: p.Contacts, peers: p.Peers,
-			client: client, host: host, port: port, rtpTimeout: p.Config.RTPTimeout.D(), maxCalls: p.Config.MaxCalls, logger: p.Logger}); err != nil {
+			client: client, clientUDP: clientUDP, host: host, port: port, rtpTimeout: p.Config.RTPTimeout.D(), maxCalls: p.Config.MaxCalls, logger: p.Logger}); err != nil {
 			s.closeListeners()
 			return nil, err
 		}

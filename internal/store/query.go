@@ -286,8 +286,8 @@ WHERE agent = ? AND type IN (?, ?) ORDER BY seq DESC LIMIT ?`,
 // Decisions returns the routing decisions about interaction id in seq order, with
 // Data as events.Decision.
 func (s *Store) Decisions(ctx context.Context, id core.InteractionID) ([]events.Event, error) {
-	evs, err := s.queryEvents(ctx, decisionData, `SELECT e.seq, e.time, e.type, e.agent, e.interaction, e.queue, e.data
-FROM routing_decisions d JOIN events e ON e.seq = d.seq WHERE d.interaction = ? ORDER BY d.seq`, string(id))
+	evs, err := s.queryEvents(ctx, decisionData, `SELECT `+eventCols+` FROM events
+WHERE interaction = ? AND type = ? ORDER BY seq`, string(id), string(events.TypeDecision))
 	if err != nil {
 		return nil, fmt.Errorf("store: decisions %s: %w", id, err)
 	}

@@ -274,9 +274,6 @@ func TestWriteBatchAndQueries(t *testing.T) {
 	if n := count(t, s, "leases"); n != 1 {
 		t.Fatalf("leases rows = %d", n)
 	}
-	if n := count(t, s, "routing_decisions"); n != 1 {
-		t.Fatalf("routing_decisions rows = %d", n)
-	}
 }
 
 func TestWriteBatchIdempotentReplay(t *testing.T) {
@@ -289,7 +286,7 @@ func TestWriteBatchIdempotentReplay(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for table, want := range map[string]int{"events": 5, "agent_state_history": 1, "leases": 1, "routing_decisions": 1, "interactions": 1} {
+	for table, want := range map[string]int{"events": 5, "agent_state_history": 1, "leases": 1, "interactions": 1} {
 		if n := count(t, s, table); n != want {
 			t.Errorf("%s rows = %d, want %d", table, n, want)
 		}

@@ -29,9 +29,6 @@ ON CONFLICT(id) DO UPDATE SET
 WHERE excluded.updated_seq > interactions.updated_seq`
 	sqlInsertAgentState = `INSERT OR IGNORE INTO agent_state_history(seq, agent, time, state, reason, cause, version, epoch, load)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
-	sqlInsertDecision = `INSERT OR IGNORE INTO routing_decisions(seq, interaction, queue, time, direction, strategy, step,
-	chosen, outcome, candidates, data)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	sqlInsertLease = `INSERT OR IGNORE INTO leases(seq, agent, interaction, lease, epoch, channel, outcome, time)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
 )
@@ -90,7 +87,7 @@ func (s *Store) WriteBatch(ctx context.Context, evs []events.Event) (err error) 
 	}()
 	insEvent := tx.StmtContext(ctx, s.insEvent)
 	// Projection statements are bound to the tx only when first needed.
-	var upInteraction, insAgentState, insDecision, insLease *sql.Stmt
+	var upInteraction, insAgentState, insLease *sql.Stmt
 	bind := func(p **sql.Stmt, base *sql.Stmt) *sql.Stmt {
 		if *p == nil {
 			*p = tx.StmtContext(ctx, base)
@@ -137,12 +134,6 @@ func (s *Store) WriteBatch(ctx context.Context, evs []events.Event) (err error) 
 				break
 			}
 			err = s.projectAgentState(ctx, bind(&insAgentState, s.insAgentState), e, as)
-		case events.TypeDecision:
-			d, ok := payload[events.Decision](e.Data)
-			if !ok {
-				break
-			}
-			err = s.projectDecision(ctx, bind(&insDecision, s.insDecision), e, d, data)
 		case events.TypeLease:
 			l, ok := payload[events.Lease](e.Data)
 			if !ok {
@@ -190,16 +181,6 @@ func (s *Store) projectAgentState(ctx context.Context, st *sql.Stmt, e *events.E
 	return err
 }
 
-func (s *Store) projectDecision(ctx context.Context, st *sql.Stmt, e *events.Event, d events.Decision, data []byte) error {
-	cands, err := nullJSON(d.Candidates)
-	if err != nil {
-		return err
-	}
-	_, err = st.ExecContext(ctx, int64(e.Seq), nullStr(e.Interaction), nullStr(e.Queue), fmtTime(e.Time),
-		d.Direction, d.Strategy, d.Step, nullStr(d.Chosen), d.Outcome, cands, string(data))
-	return err
-}
-
 func (s *Store) projectLease(ctx context.Context, st *sql.Stmt, e *events.Event, l events.Lease) error {
 	_, err := st.ExecContext(ctx, int64(e.Seq), string(e.Agent), nullStr(e.Interaction),
 		int64(l.Lease), int64(l.Epoch), nullStr(l.Channel), l.Outcome, fmtTime(e.Time))
@@ -208,7 +189,11 @@ func (s *Store) projectLease(ctx context.Context, st *sql.Stmt, e *events.Event,
 
 // Writer tuning.
 const (
-	readBatch     = 1000
+	readBatch = 1000
+	// groupMin and groupWait: a batch smaller than groupMin waits groupWait
+	// once for more events before it is written (group commit).
+	groupMin      = 64
+	groupWait     = time.Millisecond
 	writeAttempts = 5
 	firstBackoff  = 50 * time.Millisecond
 	drainTimeout  = 5 * time.Second
@@ -226,6 +211,7 @@ func (s *Store) RunWriter(ctx context.Context, l *events.Log) error {
 	buf := make([]events.Event, 0, readBatch)
 	// Writes in progress are not cancelled by shutdown; they are bounded by retries.
 	wctx := context.WithoutCancel(ctx)
+	lingered := false
 	for {
 		if ctx.Err() != nil {
 			return s.drain(l, after, buf)
@@ -242,6 +228,19 @@ func (s *Store) RunWriter(ctx context.Context, l *events.Log) error {
 			}
 			continue
 		}
+		if len(evs) < groupMin && !lingered {
+			// Group commit: a small batch waits a moment for the events
+			// arriving behind it — one commit writes each touched page and
+			// syncs once for all of them (under load most of the writer's
+			// time goes to committing).
+			lingered = true
+			select {
+			case <-time.After(groupWait):
+			case <-ctx.Done():
+			}
+			continue
+		}
+		lingered = false
 		if err := s.writeRetry(wctx, evs); err != nil {
 			return err
 		}
