@@ -261,11 +261,15 @@ const maxRing = 11 * time.Minute
 func contentSDP() sip.Header { return sip.NewHeader("Content-Type", "application/sdp") }
 
 // invite places a call leg to uri: over UDP (no transport parameter) from the
-// node's listening socket, else over the transport the URI names.
+// node's listening socket — unless that socket is on loopback and uri is not
+// (it could not reach it) —, else over the transport the URI names.
 func (m *calls) invite(ctx context.Context, uri sip.Uri, body []byte, hdrs ...sip.Header) (*sipgo.DialogClientSession, error) {
 	dcc := m.dcc
 	if t, ok := uri.UriParams.Get("transport"); !ok || strings.EqualFold(t, "udp") {
-		dcc = m.dccUDP
+		dst, err := netip.ParseAddr(uri.Host)
+		if !m.host.IsLoopback() || err == nil && dst.IsLoopback() {
+			dcc = m.dccUDP
+		}
 	}
 	return dcc.Invite(ctx, uri, body, hdrs...)
 }
