@@ -189,7 +189,7 @@ func (s *Store) projectLease(ctx context.Context, st *sql.Stmt, e *events.Event,
 
 // Writer tuning.
 const (
-	readBatch = 1000
+	readBatch = 4000
 	// groupMin and groupWait: a batch smaller than groupMin waits groupWait
 	// once for more events before it is written (group commit).
 	groupMin      = 64
