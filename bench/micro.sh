@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 GO=${GO:-go}
 OUT=${OUT:-$(mktemp -d /tmp/ccmesh-micro.XXXXXX)}
+mkdir -p "$OUT"
 BENCHSTAT=golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
 run() { # name package pattern benchtime
 	echo "== $1: go test -run '^\$' -bench '$3' -benchtime $4 -count 6 $2" >&2
