@@ -55,8 +55,11 @@ func dsn(path string, readOnly bool) string {
 	// FULL: each commit fsyncs the WAL, so an acknowledged event survives power loss.
 	q.Add("_pragma", "synchronous(FULL)")
 	// 64 MiB of page cache (the default is 2 MiB): under load the writer
-	// otherwise re-reads the hot index pages from the OS on every batch.
+	// otherwise re-reads the hot index pages from the OS on every batch. A
+	// checkpoint every 10,000 WAL pages (40 MiB) instead of 1,000 copies each
+	// hot page to the database once for many more commits.
 	q.Add("_pragma", "cache_size(-65536)")
+	q.Add("_pragma", "wal_autocheckpoint(10000)")
 	if readOnly {
 		q.Add("_pragma", "query_only(1)")
 	} else {
