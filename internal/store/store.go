@@ -54,16 +54,16 @@ func dsn(path string, readOnly bool) string {
 	q.Add("_pragma", "foreign_keys(1)")
 	// FULL: each commit fsyncs the WAL, so an acknowledged event survives power loss.
 	q.Add("_pragma", "synchronous(FULL)")
-	// 64 MiB of page cache (the default is 2 MiB): under load the writer
-	// otherwise re-reads the hot index pages from the OS on every batch. A
-	// checkpoint every 10,000 WAL pages (40 MiB) instead of 1,000 copies each
-	// hot page to the database once for many more commits.
-	q.Add("_pragma", "cache_size(-65536)")
-	q.Add("_pragma", "wal_autocheckpoint(10000)")
 	if readOnly {
 		q.Add("_pragma", "query_only(1)")
 	} else {
 		q.Add("_pragma", "journal_mode(WAL)")
+		// The writer: 64 MiB of page cache (the default is 2 MiB), or under
+		// load it re-reads the hot index pages from the OS on every batch; a
+		// checkpoint every 10,000 WAL pages (40 MiB) instead of 1,000 copies
+		// each hot page to the database once for many more commits.
+		q.Add("_pragma", "cache_size(-65536)")
+		q.Add("_pragma", "wal_autocheckpoint(10000)")
 		// Take the write lock at BEGIN: no deadlock-prone lock upgrades.
 		q.Set("_txlock", "immediate")
 	}
