@@ -102,10 +102,12 @@ CREATE INDEX interactions_open ON interactions(created_at)
 	WHERE state NOT IN ('ended', 'abandoned', 'failed', 'timed_out', 'handed_over');
 `,
 	// 4: less to write per event (issue 6): routing decisions are read from
-	// events (by interaction), and nothing reads events by type alone.
+	// events (by interaction); nothing reads events by type alone, nor leases
+	// by agent (open leases are found by epoch).
 	`
 DROP INDEX events_type;
 DROP TABLE routing_decisions;
+DROP INDEX leases_agent;
 `,
 }
 
