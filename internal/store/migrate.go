@@ -103,11 +103,14 @@ CREATE INDEX interactions_open ON interactions(created_at)
 `,
 	// 4: less to write per event (issue 6): routing decisions are read from
 	// events (by interaction); nothing reads events by type alone, nor leases
-	// by agent (open leases are found by epoch).
+	// by agent (open leases are found by epoch); an agent's history is her
+	// states and leases only, so only those are indexed by agent.
 	`
 DROP INDEX events_type;
 DROP TABLE routing_decisions;
 DROP INDEX leases_agent;
+DROP INDEX events_agent;
+CREATE INDEX events_agent ON events(agent, seq) WHERE type IN ('agent.state', 'agent.lease');
 `,
 }
 

@@ -271,12 +271,16 @@ func (s *Store) Events(ctx context.Context, after uint64, limit int) ([]events.E
 	return evs, nil
 }
 
+// sqlAgentHistory reads an agent's states and leases through the partial
+// index events_agent: its type condition is written as the index's, in
+// literals (SQLite uses a partial index only for a query that repeats it).
+const sqlAgentHistory = `SELECT ` + eventCols + ` FROM events
+WHERE agent = ? AND type IN ('` + string(events.TypeAgentState) + `', '` + string(events.TypeLease) + `') ORDER BY seq DESC LIMIT ?`
+
 // AgentHistory returns up to limit state and lease events of agent, newest first,
 // with Data as json.RawMessage. limit defaults to DefaultLimit and is capped at MaxLimit.
 func (s *Store) AgentHistory(ctx context.Context, agent core.AgentID, limit int) ([]events.Event, error) {
-	evs, err := s.queryEvents(ctx, rawData, `SELECT `+eventCols+` FROM events
-WHERE agent = ? AND type IN (?, ?) ORDER BY seq DESC LIMIT ?`,
-		string(agent), string(events.TypeAgentState), string(events.TypeLease), clampLimit(limit, DefaultLimit, MaxLimit))
+	evs, err := s.queryEvents(ctx, rawData, sqlAgentHistory, string(agent), clampLimit(limit, DefaultLimit, MaxLimit))
 	if err != nil {
 		return nil, fmt.Errorf("store: agent history %s: %w", agent, err)
 	}

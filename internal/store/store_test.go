@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -546,5 +547,19 @@ func TestOpenLeasesAndLoggedInAgents(t *testing.T) {
 	}
 	if fmt.Sprint(agents) != "[ann cat]" {
 		t.Fatalf("logged in %v", agents)
+	}
+}
+
+// An agent's history is read through the partial index on her states and
+// leases, not by scanning the events.
+func TestAgentHistoryUsesItsIndex(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	var id, parent, notUsed int
+	var detail string
+	if err := s.r.QueryRow("EXPLAIN QUERY PLAN "+sqlAgentHistory, "alice", 10).Scan(&id, &parent, &notUsed, &detail); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(detail, "USING INDEX events_agent") {
+		t.Fatalf("query plan %q: want the events_agent index", detail)
 	}
 }
