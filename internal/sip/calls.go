@@ -68,11 +68,14 @@ type calls struct {
 	contacts func(core.AgentID) []string
 	peers    Peers // the gate to peers' resources (nil: not in a cluster)
 	dsc      *sipgo.DialogServerCache
-	// dcc places calls over connection-oriented transports; dccUDP over UDP
-	// from the node's listening socket (its large receive buffer; phones
-	// behind NAT expect requests from the port they registered with).
+	// dccUDP places UDP legs from the node's listening socket (its large
+	// receive buffer; phones behind NAT expect requests from the port they
+	// registered with); dcc the others (other transports, and UDP peers the
+	// listener's address cannot reach), each from a socket sipgo opens.
 	dcc, dccUDP *sipgo.DialogClientCache
-	host        netip.Addr
+	// udpLocal is the UDP listener's address (unspecified: any).
+	udpLocal netip.Addr
+	host     netip.Addr
 	// contact is the node's Contact for responses it builds itself.
 	contact sip.ContactHeader
 	// rtpTimeout ends a bridged call whose media stopped both ways.
@@ -210,6 +213,7 @@ type callsParams struct {
 	peers      Peers
 	client     *sipgo.Client
 	clientUDP  *sipgo.Client // sends from the UDP listener (nil: client)
+	udpLocal   netip.Addr    // the UDP listener's address
 	host       string
 	port       int
 	rtpTimeout time.Duration
@@ -237,7 +241,7 @@ func newCalls(p callsParams) (*calls, error) {
 			return out
 		}
 	}
-	m := &calls{svc: p.svc, dir: p.dir, reg: p.reg, contacts: p.contacts, peers: p.peers, host: ip, contact: contact,
+	m := &calls{svc: p.svc, dir: p.dir, reg: p.reg, contacts: p.contacts, peers: p.peers, host: ip, contact: contact, udpLocal: p.udpLocal,
 		rtpTimeout: p.rtpTimeout, maxCalls: p.maxCalls, logger: p.logger,
 		dsc: sipgo.NewDialogServerCache(p.client, contact), dcc: sipgo.NewDialogClientCache(p.client, contact),
 		dccUDP: sipgo.NewDialogClientCache(cmp.Or(p.clientUDP, p.client), contact),
@@ -261,17 +265,30 @@ const maxRing = 11 * time.Minute
 func contentSDP() sip.Header { return sip.NewHeader("Content-Type", "application/sdp") }
 
 // invite places a call leg to uri: over UDP (no transport parameter) from the
-// node's listening socket — unless that socket is on loopback and uri is not
-// (it could not reach it) —, else over the transport the URI names.
+// node's listening socket when its address can reach uri's, else over the
+// transport the URI names from a socket of its own.
 func (m *calls) invite(ctx context.Context, uri sip.Uri, body []byte, hdrs ...sip.Header) (*sipgo.DialogClientSession, error) {
 	dcc := m.dcc
-	if t, ok := uri.UriParams.Get("transport"); !ok || strings.EqualFold(t, "udp") {
-		dst, err := netip.ParseAddr(uri.Host)
-		if !m.host.IsLoopback() || err == nil && dst.IsLoopback() {
-			dcc = m.dccUDP
-		}
+	if t, ok := uri.UriParams.Get("transport"); (!ok || strings.EqualFold(t, "udp")) && m.reaches(uri.Host) {
+		dcc = m.dccUDP
 	}
 	return dcc.Invite(ctx, uri, body, hdrs...)
+}
+
+// reaches reports whether a UDP socket on the listener's address can send to
+// host: any address can, except that a loopback one reaches only loopback,
+// and an IPv4 or IPv6 one only its own family.
+func (m *calls) reaches(host string) bool {
+	l := m.udpLocal
+	if !l.IsValid() || l.IsUnspecified() {
+		return true
+	}
+	dst, err := netip.ParseAddr(host)
+	if err != nil { // a name: unless on loopback, the listener can send there
+		return !l.IsLoopback()
+	}
+	dst = dst.Unmap()
+	return l.Is4() == dst.Is4() && (!l.IsLoopback() || dst.IsLoopback())
 }
 
 // dccs are the dialog caches of the legs the node placed.

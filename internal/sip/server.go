@@ -151,7 +151,7 @@ func New(p Params) (*Server, error) {
 		}
 		port := s.udp.LocalAddr().(*net.UDPAddr).Port
 		if s.calls, err = newCalls(callsParams{svc: p.Interactions, routes: p.Routes, dir: p.Directory, queues: p.Queues, reg: s.reg, contacts: p.Contacts, peers: p.Peers,
-			client: client, clientUDP: clientUDP, host: host, port: port, rtpTimeout: p.Config.RTPTimeout.D(), maxCalls: p.Config.MaxCalls, logger: p.Logger}); err != nil {
+			client: client, clientUDP: clientUDP, udpLocal: s.udp.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap(), host: host, port: port, rtpTimeout: p.Config.RTPTimeout.D(), maxCalls: p.Config.MaxCalls, logger: p.Logger}); err != nil {
 			s.closeListeners()
 			return nil, err
 		}

@@ -1,7 +1,8 @@
 // Package store is the node's durable history: it persists the sequenced events of
 // internal/events to an embedded SQLite database (modernc.org/sqlite, pure Go, WAL)
 // together with query-friendly projections (interactions, agent state history,
-// routing decisions, leases), and answers the history and recovery queries.
+// leases), and answers the history and recovery queries (routing decisions are
+// read from the events themselves).
 //
 // One goroutine writes (RunWriter, through a single connection); any number may
 // query concurrently through a separate read pool. A Store is safe for concurrent use.
