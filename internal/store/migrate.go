@@ -112,6 +112,36 @@ DROP INDEX leases_agent;
 DROP INDEX events_agent;
 CREATE INDEX events_agent ON events(agent, seq) WHERE type IN ('agent.state', 'agent.lease');
 `,
+	// 5: less to write per event (issue 6): an agent's states and leases are
+	// read from events (events_agent); what start-up recovery needs is kept in
+	// two small tables updated in place — each agent's last state, and the
+	// leases still open — instead of two ever-growing ones.
+	`
+CREATE TABLE agent_last_state (
+	agent TEXT PRIMARY KEY,
+	seq   INTEGER NOT NULL,
+	state TEXT NOT NULL
+) WITHOUT ROWID;
+INSERT INTO agent_last_state(agent, seq, state)
+	SELECT agent, seq, state FROM agent_state_history
+	WHERE seq IN (SELECT MAX(seq) FROM agent_state_history GROUP BY agent);
+CREATE TABLE open_leases (
+	epoch       INTEGER NOT NULL,
+	lease       INTEGER NOT NULL,
+	seq         INTEGER NOT NULL,
+	agent       TEXT NOT NULL,
+	interaction TEXT,
+	channel     TEXT,
+	outcome     TEXT NOT NULL,
+	PRIMARY KEY (epoch, lease)
+) WITHOUT ROWID;
+INSERT INTO open_leases(epoch, lease, seq, agent, interaction, channel, outcome)
+	SELECT epoch, lease, seq, agent, interaction, channel, outcome FROM leases
+	WHERE seq IN (SELECT MAX(seq) FROM leases GROUP BY epoch, lease)
+	  AND outcome IN ('granted', 'accepted', 'completed');
+DROP TABLE agent_state_history;
+DROP TABLE leases;
+`,
 }
 
 const sqlMigrationsTable = `CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -101,13 +101,12 @@ type OpenLease struct {
 	Outcome     string
 }
 
-// OpenLeases returns the leases of the newest recorded epoch that never ended: at
-// start-up they are the leases that died with the previous run.
+// OpenLeases returns the leases that never ended, whatever their epoch: at
+// start-up they are the leases that died with an earlier run (leases live in
+// the process that granted them).
 func (s *Store) OpenLeases(ctx context.Context) ([]OpenLease, error) {
 	rows, err := s.r.QueryContext(ctx, `
-SELECT agent, COALESCE(interaction, ''), lease, epoch, COALESCE(channel, ''), outcome FROM leases
-WHERE seq IN (SELECT MAX(seq) FROM leases WHERE epoch = (SELECT MAX(epoch) FROM leases) GROUP BY lease)
-  AND outcome IN ('granted', 'accepted', 'completed')
+SELECT agent, COALESCE(interaction, ''), lease, epoch, COALESCE(channel, ''), outcome FROM open_leases
 ORDER BY seq`)
 	if err != nil {
 		return nil, fmt.Errorf("store: open leases: %w", err)
@@ -129,9 +128,7 @@ ORDER BY seq`)
 // LoggedInAgents returns the agents whose last recorded state is not logged_out.
 func (s *Store) LoggedInAgents(ctx context.Context) ([]core.AgentID, error) {
 	rows, err := s.r.QueryContext(ctx, `
-SELECT agent FROM agent_state_history
-WHERE seq IN (SELECT MAX(seq) FROM agent_state_history GROUP BY agent) AND state <> 'logged_out'
-ORDER BY agent`)
+SELECT agent FROM agent_last_state WHERE state <> 'logged_out' ORDER BY agent`)
 	if err != nil {
 		return nil, fmt.Errorf("store: logged-in agents: %w", err)
 	}

@@ -1,8 +1,9 @@
 // Package store is the node's durable history: it persists the sequenced events of
 // internal/events to an embedded SQLite database (modernc.org/sqlite, pure Go, WAL)
-// together with query-friendly projections (interactions, agent state history,
-// leases), and answers the history and recovery queries (routing decisions are
-// read from the events themselves).
+// together with query-friendly projections (interactions; each agent's last state
+// and the open leases, for start-up recovery), and answers the history and
+// recovery queries (routing decisions and agents' histories are read from the
+// events themselves).
 //
 // One goroutine writes (RunWriter, through a single connection); any number may
 // query concurrently through a separate read pool. A Store is safe for concurrent use.
@@ -42,7 +43,7 @@ type Store struct {
 	w *sql.DB
 	r *sql.DB
 	// Statements prepared on the writer connection, used through tx.StmtContext.
-	insEvent, upInteraction, insAgentState, insLease *sql.Stmt
+	insEvent, upInteraction, upAgentLast, upOpenLease, delOpenLease *sql.Stmt
 }
 
 // busyTimeoutMillis bounds how long a connection waits for a lock held by another.
@@ -142,8 +143,9 @@ func (s *Store) prepare(ctx context.Context) error {
 	}{
 		{&s.insEvent, sqlInsertEvent},
 		{&s.upInteraction, sqlUpsertInteraction},
-		{&s.insAgentState, sqlInsertAgentState},
-		{&s.insLease, sqlInsertLease},
+		{&s.upAgentLast, sqlUpsertAgentLast},
+		{&s.upOpenLease, sqlUpsertOpenLease},
+		{&s.delOpenLease, sqlDeleteOpenLease},
 	} {
 		st, err := s.w.PrepareContext(ctx, p.sql)
 		if err != nil {
@@ -161,7 +163,7 @@ func (s *Store) Path() string { return s.path }
 // have returned first.
 func (s *Store) Close() error {
 	var errs []error
-	for _, st := range []*sql.Stmt{s.insEvent, s.upInteraction, s.insAgentState, s.insLease} {
+	for _, st := range []*sql.Stmt{s.insEvent, s.upInteraction, s.upAgentLast, s.upOpenLease, s.delOpenLease} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}

@@ -2,11 +2,13 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -269,11 +271,17 @@ func TestWriteBatchAndQueries(t *testing.T) {
 		t.Fatalf("Decisions data = %#v", decs[0].Data)
 	}
 
-	if n := count(t, s, "agent_state_history"); n != 3 {
-		t.Fatalf("agent_state_history rows = %d", n)
+	// Each agent's last state only (alice was reserved, then busy), and the
+	// one open lease.
+	if n := count(t, s, "agent_last_state"); n != 2 {
+		t.Fatalf("agent_last_state rows = %d", n)
 	}
-	if n := count(t, s, "leases"); n != 1 {
-		t.Fatalf("leases rows = %d", n)
+	var state string
+	if err := s.r.QueryRow(`SELECT state FROM agent_last_state WHERE agent = 'alice'`).Scan(&state); err != nil || state != "busy" {
+		t.Fatalf("alice's last state = %q, %v", state, err)
+	}
+	if open, err := s.OpenLeases(ctx); err != nil || len(open) != 1 || open[0].Lease != 4 || open[0].Interaction != "i1" || open[0].Outcome != "granted" {
+		t.Fatalf("OpenLeases = %+v, %v", open, err)
 	}
 }
 
@@ -287,7 +295,7 @@ func TestWriteBatchIdempotentReplay(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for table, want := range map[string]int{"events": 5, "agent_state_history": 1, "leases": 1, "interactions": 1} {
+	for table, want := range map[string]int{"events": 5, "agent_last_state": 1, "open_leases": 1, "interactions": 1} {
 		if n := count(t, s, table); n != want {
 			t.Errorf("%s rows = %d, want %d", table, n, want)
 		}
@@ -457,7 +465,7 @@ func TestRunWriterWriteErrorStops(t *testing.T) {
 	}
 	s := openTest(t, t.TempDir())
 	// Break the schema under the writer: every write now fails.
-	if _, err := s.w.Exec(`DROP TABLE agent_state_history`); err != nil {
+	if _, err := s.w.Exec(`DROP TABLE agent_last_state`); err != nil {
 		t.Fatal(err)
 	}
 	l := events.NewLog(0, 16, true)
@@ -526,7 +534,7 @@ func TestOpenLeasesAndLoggedInAgents(t *testing.T) {
 		return events.Event{Seq: seq, Time: at, Type: events.TypeAgentState, Agent: core.AgentID(agent), Data: events.AgentState{State: st}}
 	}
 	if err := s.WriteBatch(ctx, []events.Event{
-		lease(1, "ann", 1, 5, "granted"),                                    // older epoch: not this run's business
+		lease(1, "ann", 1, 5, "granted"),                                    // an earlier run's, never ended: open too
 		lease(2, "ann", 1, 7, "granted"), lease(3, "ann", 1, 7, "accepted"), // open (accepted)
 		lease(4, "bob", 2, 7, "granted"), lease(5, "bob", 2, 7, "expired"), // ended
 		lease(6, "bob", 3, 7, "granted"), // open
@@ -534,11 +542,20 @@ func TestOpenLeasesAndLoggedInAgents(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// In another batch: a lease granted earlier ends, one is granted and ends.
+	if err := s.WriteBatch(ctx, []events.Event{
+		lease(11, "cat", 4, 7, "granted"), lease(12, "cat", 5, 7, "granted"), lease(13, "cat", 4, 7, "rejected"),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WriteBatch(ctx, []events.Event{lease(14, "cat", 5, 7, "released")}); err != nil {
+		t.Fatal(err)
+	}
 	open, err := s.OpenLeases(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(open) != 2 || open[0].Lease != 1 || open[0].Outcome != "accepted" || open[1].Lease != 3 || open[1].Agent != "bob" || open[1].Epoch != 7 {
+	if len(open) != 3 || open[0].Epoch != 5 || open[1].Lease != 1 || open[1].Outcome != "accepted" || open[2].Lease != 3 || open[2].Agent != "bob" || open[2].Epoch != 7 {
 		t.Fatalf("open leases %+v", open)
 	}
 	agents, err := s.LoggedInAgents(ctx)
@@ -561,5 +578,57 @@ func TestAgentHistoryUsesItsIndex(t *testing.T) {
 	}
 	if !strings.Contains(detail, "USING INDEX events_agent") {
 		t.Fatalf("query plan %q: want the events_agent index", detail)
+	}
+}
+
+// Migration 5 keeps what start-up recovery needs from a version-4 database:
+// each agent's last state and the leases still open.
+func TestMigrationToLastStateAndOpenLeases(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	db, err := sql.Open("sqlite", dsn(filepath.Join(dir, FileName), false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stmts := []string{sqlMigrationsTable}
+	for v, m := range migrations[:4] {
+		stmts = append(stmts, m, fmt.Sprintf(`INSERT INTO schema_migrations(version, applied_at) VALUES (%d, 'x')`, v+1))
+	}
+	stmts = append(stmts,
+		`INSERT INTO agent_state_history(seq, agent, time, state) VALUES
+			(1, 'ann', 'x', 'ready'), (2, 'bob', 'x', 'ready'), (5, 'ann', 'x', 'busy'), (6, 'bob', 'x', 'logged_out')`,
+		`INSERT INTO leases(seq, agent, interaction, lease, epoch, channel, outcome, time) VALUES
+			(3, 'ann', 'ix-1', 1, 7, 'voice', 'granted', 'x'), (4, 'ann', 'ix-1', 1, 7, 'voice', 'accepted', 'x'),
+			(7, 'bob', 'ix-2', 2, 7, 'voice', 'granted', 'x'), (8, 'bob', 'ix-2', 2, 7, 'voice', 'expired', 'x'),
+			(9, 'ann', 'ix-3', 1, 6, 'voice', 'granted', 'x')`)
+	for _, q := range stmts {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := Open(ctx, dir, testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	agents, err := s.LoggedInAgents(ctx)
+	if err != nil || fmt.Sprint(agents) != "[ann]" {
+		t.Fatalf("LoggedInAgents = %v, %v", agents, err)
+	}
+	open, err := s.OpenLeases(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(open) != 2 || open[0].Lease != 1 || open[0].Epoch != 7 || open[0].Outcome != "accepted" || open[1].Epoch != 6 {
+		t.Fatalf("OpenLeases = %+v", open)
+	}
+	for _, table := range []string{"agent_state_history", "leases"} {
+		var n int
+		if err := s.r.QueryRow(`SELECT COUNT(*) FROM sqlite_schema WHERE name = ?`, table).Scan(&n); err != nil || n != 0 {
+			t.Fatalf("table %s still there (%d, %v)", table, n, err)
+		}
 	}
 }

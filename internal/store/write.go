@@ -27,10 +27,17 @@ ON CONFLICT(id) DO UPDATE SET
 	ended_at = excluded.ended_at, attributes = excluded.attributes,
 	updated_seq = excluded.updated_seq, idempotency_key = excluded.idempotency_key
 WHERE excluded.updated_seq > interactions.updated_seq`
-	sqlInsertAgentState = `INSERT OR IGNORE INTO agent_state_history(seq, agent, time, state, reason, cause, version, epoch, load)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
-	sqlInsertLease = `INSERT OR IGNORE INTO leases(seq, agent, interaction, lease, epoch, channel, outcome, time)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
+	// An agent's last state and the open leases are rows updated in place; the
+	// WHERE keeps the newest when batches are replayed out of order.
+	sqlUpsertAgentLast = `INSERT INTO agent_last_state(agent, seq, state) VALUES (?, ?, ?)
+ON CONFLICT(agent) DO UPDATE SET seq = excluded.seq, state = excluded.state
+WHERE excluded.seq > agent_last_state.seq`
+	sqlUpsertOpenLease = `INSERT INTO open_leases(epoch, lease, seq, agent, interaction, channel, outcome)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(epoch, lease) DO UPDATE SET seq = excluded.seq, agent = excluded.agent,
+	interaction = excluded.interaction, channel = excluded.channel, outcome = excluded.outcome
+WHERE excluded.seq > open_leases.seq`
+	sqlDeleteOpenLease = `DELETE FROM open_leases WHERE epoch = ? AND lease = ? AND seq < ?`
 )
 
 // nullStr stores the empty string as NULL.
@@ -67,11 +74,27 @@ func payload[T any](d any) (T, bool) {
 	return zero, false
 }
 
+// leaseKey names a lease: its id within its owner's epoch.
+type leaseKey struct {
+	epoch uint64
+	lease core.LeaseID
+}
+
+// openOutcome reports whether a lease is still open after outcome.
+func openOutcome(outcome string) bool {
+	return outcome == "granted" || outcome == "accepted" || outcome == "completed"
+}
+
 // WriteBatch writes evs and their projection rows in one transaction. It is
 // idempotent on seq: an event whose seq is already stored is skipped together with
 // its projections, so replaying a batch after a crash is harmless. Payloads of
 // unexpected types are stored in events but not projected. WriteBatch may block on
 // disk I/O; it is safe for concurrent use (writes are serialised).
+//
+// Projection rows hold the latest state of something (an interaction, an agent's
+// state, an open lease), so only the last event of each in the batch is projected:
+// under load an interaction changes state several times, and a lease is granted
+// and ended, within one batch — a skipped upsert saves its index updates too.
 func (s *Store) WriteBatch(ctx context.Context, evs []events.Event) (err error) {
 	if len(evs) == 0 {
 		return nil
@@ -87,24 +110,14 @@ func (s *Store) WriteBatch(ctx context.Context, evs []events.Event) (err error) 
 	}()
 	insEvent := tx.StmtContext(ctx, s.insEvent)
 	// Projection statements are bound to the tx only when first needed.
-	var upInteraction, insAgentState, insLease *sql.Stmt
+	var upInteraction, upAgent, upLease, delLease *sql.Stmt
 	bind := func(p **sql.Stmt, base *sql.Stmt) *sql.Stmt {
 		if *p == nil {
 			*p = tx.StmtContext(ctx, base)
 		}
 		return *p
 	}
-	// An interaction changes state several times within a batch under load; its
-	// projection row needs only the last of them (the upsert keeps the newest by
-	// seq anyway), which saves an upsert and six index updates per skipped state.
-	lastOf := map[core.InteractionID]int{}
-	for i := range evs {
-		if evs[i].Type == events.TypeInteraction {
-			if it, ok := payload[events.Interaction](evs[i].Data); ok {
-				lastOf[it.ID] = i
-			}
-		}
-	}
+	last := lastOfEach(evs)
 	for i := range evs {
 		e := &evs[i]
 		data, err := json.Marshal(e.Data)
@@ -121,25 +134,24 @@ func (s *Store) WriteBatch(ctx context.Context, evs []events.Event) (err error) 
 		} else if n == 0 {
 			continue // already stored, with its projection
 		}
+		if !last[i] {
+			continue // a later event of the batch supersedes its projection
+		}
 		switch e.Type {
 		case events.TypeInteraction:
-			it, ok := payload[events.Interaction](e.Data)
-			if !ok || lastOf[it.ID] != i {
-				break
-			}
+			it, _ := payload[events.Interaction](e.Data)
 			err = s.projectInteraction(ctx, bind(&upInteraction, s.upInteraction), e, it)
 		case events.TypeAgentState:
-			as, ok := payload[events.AgentState](e.Data)
-			if !ok {
-				break
-			}
-			err = s.projectAgentState(ctx, bind(&insAgentState, s.insAgentState), e, as)
+			as, _ := payload[events.AgentState](e.Data)
+			_, err = bind(&upAgent, s.upAgentLast).ExecContext(ctx, string(e.Agent), int64(e.Seq), as.State)
 		case events.TypeLease:
-			l, ok := payload[events.Lease](e.Data)
-			if !ok {
-				break
+			l, _ := payload[events.Lease](e.Data)
+			if openOutcome(l.Outcome) {
+				_, err = bind(&upLease, s.upOpenLease).ExecContext(ctx, int64(l.Epoch), int64(l.Lease), int64(e.Seq),
+					string(e.Agent), nullStr(e.Interaction), nullStr(l.Channel), l.Outcome)
+			} else {
+				_, err = bind(&delLease, s.delOpenLease).ExecContext(ctx, int64(l.Epoch), int64(l.Lease), int64(e.Seq))
 			}
-			err = s.projectLease(ctx, bind(&insLease, s.insLease), e, l)
 		}
 		if err != nil {
 			return fmt.Errorf("store: write batch: project event %d (%s): %w", e.Seq, e.Type, err)
@@ -149,6 +161,50 @@ func (s *Store) WriteBatch(ctx context.Context, evs []events.Event) (err error) 
 		return fmt.Errorf("store: write batch: commit: %w", err)
 	}
 	return nil
+}
+
+// lastOfEach marks, among the projected events of evs, the last one of each
+// interaction, agent and lease; events of other types, or with payloads of
+// unexpected types, are never marked.
+func lastOfEach(evs []events.Event) []bool {
+	last := make([]bool, len(evs))
+	interactions := map[core.InteractionID]int{}
+	agents := map[core.AgentID]int{}
+	leases := map[leaseKey]int{}
+	mark := func(prev int, seen bool, i int) {
+		if seen {
+			last[prev] = false
+		}
+		last[i] = true
+	}
+	for i := range evs {
+		e := &evs[i]
+		switch e.Type {
+		case events.TypeInteraction:
+			if it, ok := payload[events.Interaction](e.Data); ok {
+				if it.ID == "" {
+					it.ID = e.Interaction
+				}
+				prev, seen := interactions[it.ID]
+				mark(prev, seen, i)
+				interactions[it.ID] = i
+			}
+		case events.TypeAgentState:
+			if _, ok := payload[events.AgentState](e.Data); ok {
+				prev, seen := agents[e.Agent]
+				mark(prev, seen, i)
+				agents[e.Agent] = i
+			}
+		case events.TypeLease:
+			if l, ok := payload[events.Lease](e.Data); ok {
+				k := leaseKey{l.Epoch, l.Lease}
+				prev, seen := leases[k]
+				mark(prev, seen, i)
+				leases[k] = i
+			}
+		}
+	}
+	return last
 }
 
 func (s *Store) projectInteraction(ctx context.Context, st *sql.Stmt, e *events.Event, it events.Interaction) error {
@@ -168,22 +224,6 @@ func (s *Store) projectInteraction(ctx context.Context, st *sql.Stmt, e *events.
 		it.State, nullStr(it.Previous), nullStr(it.Agent), nullStr(it.Reason),
 		fmtTime(it.CreatedAt), nullTime(it.EnqueuedAt), nullTime(it.AnsweredAt), nullTime(it.EndedAt),
 		attrs, int64(e.Seq), nullStr(it.IdempotencyKey))
-	return err
-}
-
-func (s *Store) projectAgentState(ctx context.Context, st *sql.Stmt, e *events.Event, as events.AgentState) error {
-	load, err := nullJSON(as.Load)
-	if err != nil {
-		return err
-	}
-	_, err = st.ExecContext(ctx, int64(e.Seq), string(e.Agent), fmtTime(e.Time), as.State,
-		nullStr(as.Reason), nullStr(as.Cause), int64(as.Version), int64(as.Epoch), load)
-	return err
-}
-
-func (s *Store) projectLease(ctx context.Context, st *sql.Stmt, e *events.Event, l events.Lease) error {
-	_, err := st.ExecContext(ctx, int64(e.Seq), string(e.Agent), nullStr(e.Interaction),
-		int64(l.Lease), int64(l.Epoch), nullStr(l.Channel), l.Outcome, fmtTime(e.Time))
 	return err
 }
 
