@@ -843,10 +843,22 @@ func (s *Service) Recover(open []events.Interaction) error {
 	return nil
 }
 
-// NewID returns a fresh interaction id.
+// NewID returns a fresh interaction id: "ix-" and 20 hex digits, the first 12
+// the creation time in milliseconds since the Unix epoch and the last 8 random
+// (as in a UUIDv7). Ids sort by creation time, so the store's interactions
+// table and its id-keyed indexes grow at one end instead of touching a random
+// page per new interaction (issue 6). An id is a name, not a secret.
 func NewID() core.InteractionID {
+	return newID(time.Now())
+}
+
+func newID(now time.Time) core.InteractionID {
 	var b [10]byte
-	if _, err := rand.Read(b[:]); err != nil {
+	ms := uint64(now.UnixMilli())
+	for i := range 6 {
+		b[i] = byte(ms >> (8 * (5 - i)))
+	}
+	if _, err := rand.Read(b[6:]); err != nil {
 		panic(fmt.Sprintf("interaction: crypto/rand: %v", err)) // never happens on Linux
 	}
 	return core.InteractionID("ix-" + hex.EncodeToString(b[:]))

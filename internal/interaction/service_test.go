@@ -362,3 +362,23 @@ func TestRecoverResumesTasksOnly(t *testing.T) {
 		t.Fatalf("%d calls failed, want 2", failed)
 	}
 }
+
+// Ids sort by creation time (millisecond resolution) and stay unique.
+func TestNewIDOrderedByTime(t *testing.T) {
+	at := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+	seen := map[core.InteractionID]bool{}
+	prev := core.InteractionID("")
+	for i := range 1000 {
+		id := newID(at.Add(time.Duration(i) * time.Millisecond))
+		if len(id) != len("ix-")+20 || id[:3] != "ix-" {
+			t.Fatalf("id %q: want ix- and 20 hex digits", id)
+		}
+		if id <= prev || seen[id] {
+			t.Fatalf("id %q after %q: want increasing, unique", id, prev)
+		}
+		seen[id], prev = true, id
+	}
+	if a, b := newID(at), newID(at); a == b || a[:15] != b[:15] {
+		t.Fatalf("same millisecond: %q and %q want the same time prefix, different random parts", a, b)
+	}
+}
