@@ -46,11 +46,12 @@ var (
 	descPeerUp      = prometheus.NewDesc("ccmesh_cluster_peer_state", "A peer's health as this node sees it: 1 up, 0.5 suspect, 0 down.", []string{"peer"}, nil)
 	descPeerDowns   = prometheus.NewDesc("ccmesh_cluster_peer_downs_total", "Times the peer went down (silent past cluster.peer_timeout).", []string{"peer"}, nil)
 	descPeerReqs    = prometheus.NewDesc("ccmesh_cluster_peer_requests_total", "Requests to a peer: sent, or refrained (not sent: it was down or had just missed one).", []string{"peer", "outcome"}, nil)
+	descStore       = prometheus.NewDesc("ccmesh_store_writes_total", "What the store writer committed: commits (transactions), events, projections (rows of the interactions, agents' last states and open leases tables).", []string{"what"}, nil)
 	descBlocked     = prometheus.NewDesc("ccmesh_sip_blocked_requests_total", "REGISTER requests refused because their source failed authentication too often.", nil, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descWaiting, descLongest, descReady, descOffered, descAnswered, descAbandoned, descSL, descAgents, descSeq, descDurable, descLiveInterax, descBindings, descChallenges, descAuthFail, descBlocked, descCallsActive, descCalls, descPeerUp, descPeerDowns, descPeerReqs} {
+	for _, d := range []*prometheus.Desc{descWaiting, descLongest, descReady, descOffered, descAnswered, descAbandoned, descSL, descAgents, descSeq, descDurable, descStore, descLiveInterax, descBindings, descChallenges, descAuthFail, descBlocked, descCallsActive, descCalls, descPeerUp, descPeerDowns, descPeerReqs} {
 		ch <- d
 	}
 }
@@ -77,6 +78,12 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descSeq, prometheus.GaugeValue, float64(c.s.p.Log.LastSeq()))
 	ch <- prometheus.MustNewConstMetric(descDurable, prometheus.GaugeValue, float64(c.s.p.Log.DurableSeq()))
+	if st := c.s.p.Store; st != nil {
+		w := st.WriterStats()
+		for what, n := range map[string]uint64{"commits": w.Commits, "events": w.Events, "projections": w.Projections} {
+			ch <- prometheus.MustNewConstMetric(descStore, prometheus.CounterValue, float64(n), what)
+		}
+	}
 	ch <- prometheus.MustNewConstMetric(descLiveInterax, prometheus.GaugeValue, float64(c.s.p.Interactions.Live()))
 	if r := c.s.p.Registrations; r != nil {
 		st := r.Stats()

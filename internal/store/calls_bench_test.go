@@ -62,7 +62,7 @@ func callEvents(dst []events.Event, seq *uint64, id core.InteractionID, agent co
 // writer batch holds the calls of ~50–150 ms under load), every call's events
 // in one batch. It reports calls/s; compare with sipbench's calls/s.
 func BenchmarkWriteCalls(b *testing.B) {
-	for _, calls := range []int{50, 200} {
+	for _, calls := range []int{6, 25, 50, 200} {
 		b.Run(fmt.Sprintf("calls=%d", calls), func(b *testing.B) {
 			s := openTest(b, b.TempDir())
 			ctx := context.Background()

@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
@@ -44,6 +45,20 @@ type Store struct {
 	r *sql.DB
 	// Statements prepared on the writer connection, used through tx.StmtContext.
 	insEvent, upInteraction, upAgentLast, upOpenLease, delOpenLease *sql.Stmt
+	// Counters of committed writes (WriterStats).
+	commits, written, projected atomic.Uint64
+}
+
+// WriterStats counts what the store committed since it was opened.
+type WriterStats struct {
+	// Commits is the number of transactions (batches) committed; Events the
+	// events they stored; Projections the projection rows they wrote.
+	Commits, Events, Projections uint64
+}
+
+// WriterStats returns the store's write counters.
+func (s *Store) WriterStats() WriterStats {
+	return WriterStats{Commits: s.commits.Load(), Events: s.written.Load(), Projections: s.projected.Load()}
 }
 
 // busyTimeoutMillis bounds how long a connection waits for a lock held by another.
@@ -60,11 +75,14 @@ func dsn(path string, readOnly bool) string {
 		q.Add("_pragma", "query_only(1)")
 	} else {
 		q.Add("_pragma", "journal_mode(WAL)")
-		// The writer: 64 MiB of page cache (the default is 2 MiB), or under
-		// load it re-reads the hot index pages from the OS on every batch; a
-		// checkpoint every 10,000 WAL pages (40 MiB) instead of 1,000 copies
-		// each hot page to the database once for many more commits.
-		q.Add("_pragma", "cache_size(-65536)")
+		// The writer: 8 MiB of page cache (the default is 2 MiB; under load
+		// it re-read hot index pages from the OS on every batch). Not more:
+		// SQLite scans the cache's whole hash table at the end of many
+		// commits (pcache1TruncateUnsafe), 12 % of the writer with 64 MiB and
+		// small batches (BenchmarkWriteCalls, pprof). A checkpoint every
+		// 10,000 WAL pages (40 MiB) instead of 1,000 copies each hot page to
+		// the database once for many more commits.
+		q.Add("_pragma", "cache_size(-8192)")
 		q.Add("_pragma", "wal_autocheckpoint(10000)")
 		// Take the write lock at BEGIN: no deadlock-prone lock upgrades.
 		q.Set("_txlock", "immediate")

@@ -118,6 +118,7 @@ func (s *Store) WriteBatch(ctx context.Context, evs []events.Event) (err error) 
 		return *p
 	}
 	last := lastOfEach(evs)
+	var written, projected uint64
 	for i := range evs {
 		e := &evs[i]
 		data, err := json.Marshal(e.Data)
@@ -134,6 +135,7 @@ func (s *Store) WriteBatch(ctx context.Context, evs []events.Event) (err error) 
 		} else if n == 0 {
 			continue // already stored, with its projection
 		}
+		written++
 		if !last[i] {
 			continue // a later event of the batch supersedes its projection
 		}
@@ -156,10 +158,14 @@ func (s *Store) WriteBatch(ctx context.Context, evs []events.Event) (err error) 
 		if err != nil {
 			return fmt.Errorf("store: write batch: project event %d (%s): %w", e.Seq, e.Type, err)
 		}
+		projected++
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("store: write batch: commit: %w", err)
 	}
+	s.commits.Add(1)
+	s.written.Add(written)
+	s.projected.Add(projected)
 	return nil
 }
 
