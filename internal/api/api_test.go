@@ -1201,9 +1201,16 @@ func TestHealthMetricsOpenAPI(t *testing.T) {
 		`ccmesh_interactions_live 1`,
 		"ccmesh_events_last_seq",
 		"ccmesh_http_requests_total",
+		`ccmesh_store_writes_total{what="commits"}`,
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	// The create was answered after its events were committed.
+	for _, what := range []string{"commits", "events", "projections"} {
+		if zero := `ccmesh_store_writes_total{what="` + what + `"} 0` + "\n"; strings.Contains(m, zero) {
+			t.Errorf("/metrics: %q", zero)
 		}
 	}
 	data := n.call("GET", "/api/v1/openapi.json", nil, nil, http.StatusOK)
