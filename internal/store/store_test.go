@@ -632,3 +632,32 @@ func TestMigrationToLastStateAndOpenLeases(t *testing.T) {
 		}
 	}
 }
+
+// A batch replayed over a range partly stored, with an event repeated inside
+// the batch: every event is stored once, in order.
+func TestWriteBatchReplayOverlap(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, t.TempDir())
+	batch := func(from, to uint64) []events.Event {
+		var evs []events.Event
+		for seq := from; seq <= to; seq++ {
+			evs = append(evs, agentEvent(seq, fmt.Sprintf("a%d", seq%7), "ready"))
+		}
+		return evs
+	}
+	if err := s.WriteBatch(ctx, batch(1, 40)); err != nil {
+		t.Fatal(err)
+	}
+	again := append(batch(30, 110), agentEvent(100, "a2", "ready"))
+	if err := s.WriteBatch(ctx, again); err != nil {
+		t.Fatal(err)
+	}
+	checkContiguous(t, s, 110)
+	if st := s.WriterStats(); st.Commits != 2 || st.Events != 110 {
+		t.Fatalf("WriterStats = %+v, want 2 commits, 110 events", st)
+	}
+	var data string
+	if err := s.r.QueryRow(`SELECT data FROM events WHERE seq = 77`).Scan(&data); err != nil || !strings.Contains(data, `"version":77`) {
+		t.Fatalf("event 77 data = %s, %v", data, err)
+	}
+}
