@@ -119,9 +119,10 @@ func (s *Store) WriteBatch(ctx context.Context, evs []events.Event) (err error) 
 	}
 	last := lastOfEach(evs)
 	var written, projected uint64
+	var data []byte // reused: each event's JSON is copied into its string
 	for i := range evs {
 		e := &evs[i]
-		data, err := json.Marshal(e.Data)
+		data, err = events.AppendJSON(data[:0], e.Data)
 		if err != nil {
 			return fmt.Errorf("store: write batch: marshal event %d (%s): %w", e.Seq, e.Type, err)
 		}
