@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -69,13 +67,6 @@ func BenchmarkWriteCalls(b *testing.B) {
 		b.Run(fmt.Sprintf("calls=%d", calls), func(b *testing.B) {
 			s := openTest(b, b.TempDir())
 			ctx := context.Background()
-			for _, q := range strings.Split(os.Getenv("DROP"), ";") {
-				if q != "" {
-					if _, err := s.w.Exec("DROP INDEX " + q); err != nil {
-						b.Fatal(err)
-					}
-				}
-			}
 			rng := rand.New(rand.NewPCG(1, 2))
 			var seq uint64
 			var lease core.LeaseID
