@@ -47,6 +47,9 @@ type Store struct {
 	insEvent, upInteraction, upAgentLast, upOpenLease, delOpenLease *sql.Stmt
 	// Counters of committed writes (WriterStats).
 	commits, written, projected atomic.Uint64
+	// committed, if set (tests), is called by RunWriter after each commit
+	// with when it began and how many events it held.
+	committed func(began time.Time, events int)
 }
 
 // WriterStats counts what the store committed since it was opened.

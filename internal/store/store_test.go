@@ -661,3 +661,48 @@ func TestWriteBatchReplayOverlap(t *testing.T) {
 		t.Fatalf("event 77 data = %s, %v", data, err)
 	}
 }
+
+// Under a steady stream of events the writer starts a commit no sooner than
+// commitEvery after one of groupMin events or more began, and everything
+// becomes durable.
+func TestRunWriterPacesCommitsUnderLoad(t *testing.T) {
+	s := openTest(t, t.TempDir())
+	type commit struct {
+		began time.Time
+		n     int
+	}
+	commits := make(chan commit, 1000)
+	s.committed = func(began time.Time, n int) { commits <- commit{began, n} }
+	l := events.NewLog(0, 1<<16, true)
+	cancel, done := startWriter(s, l)
+	start := time.Now()
+	for time.Since(start) < 300*time.Millisecond {
+		batch := make([]events.Event, groupMin)
+		for i := range batch {
+			batch[i] = agentEvent(0, fmt.Sprintf("a%d", i%20), "ready")
+		}
+		if _, err := l.Append(batch...); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * time.Millisecond) // unpaced, the writer would commit after each
+	}
+	if err := l.WaitDurable(context.Background(), l.LastSeq()); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	close(commits)
+	var prev commit
+	total := 0
+	for c := range commits {
+		if prev.n >= groupMin && c.began.Sub(prev.began) < commitEvery {
+			t.Errorf("commit of %d events began %v after one of %d: want at least %v", c.n, c.began.Sub(prev.began), prev.n, commitEvery)
+		}
+		prev, total = c, total+c.n
+	}
+	if st := s.WriterStats(); uint64(total) != l.LastSeq() || st.Events != l.LastSeq() {
+		t.Fatalf("committed %d events (stats %+v), appended %d", total, st, l.LastSeq())
+	}
+}
