@@ -35,6 +35,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"os"
@@ -58,7 +59,7 @@ var kamailioTemplate string
 
 var (
 	targets   = flag.String("targets", "ccmesh,kamailio", "servers to measure, in order: ccmesh, kamailio, cluster (three ccmesh nodes, calls at one, agents owned by the other two)")
-	nAgents   = flag.Int("agents", 200, "agents registered (a0001.., password <id>-pass)")
+	nAgents   = flag.Int("agents", 1000, "agents registered (a0001.., password <id>-pass); an ACD agent takes one call at a time, a proxy's contact any number, so enough that ccmesh's queue stays empty where the server keeps up (see the queued column)")
 	rates     = flag.String("rates", "250,500,1000,1500,2000,2500,3000", "call rates to try, in calls/s, increasing")
 	step      = flag.Duration("step", 10*time.Second, "length of each rate step (calls = rate × step)")
 	talk      = flag.Int("talk", 0, "ms between the caller's ACK and its BYE")
@@ -80,6 +81,9 @@ type result struct {
 	serverCPU, serverRSS    float64 // cores, MiB
 	callerCPU, uasCPU       float64 // cores
 	elapsed                 time.Duration
+	// maxQueued is the most calls seen waiting for a free agent (ccmesh's
+	// queue, sampled every 250 ms); -1 where the server has no queue.
+	maxQueued int
 }
 
 func (r result) passed() bool {
@@ -320,8 +324,31 @@ func runStep(ctx context.Context, root, sdir, target string, srv server, uasPID,
 			}
 		}
 	}()
+	r.maxQueued = -1
+	queueDone := make(chan struct{})
+	if q, ok := srv.(interface{ queued() (int, error) }); ok {
+		r.maxQueued = 0
+		go func() { // calls waiting for an agent: did the agents, not the server, limit the step?
+			defer close(queueDone)
+			t := time.NewTicker(250 * time.Millisecond)
+			defer t.Stop()
+			for {
+				select {
+				case <-stopSampler:
+					return
+				case <-t.C:
+					if n, err := q.queued(); err == nil {
+						r.maxQueued = max(r.maxQueued, n)
+					}
+				}
+			}
+		}()
+	} else {
+		close(queueDone)
+	}
 	out, _ := caller.CombinedOutput()
 	close(stopSampler)
+	<-queueDone
 	<-samplerDone
 	r.elapsed = time.Since(start)
 	cpu1, uas1 := ticks(srvPIDs), ticks([]int{uasPID})
@@ -464,11 +491,15 @@ func report(order []string, all map[string][]result) {
 	best := map[string]int{}
 	for _, name := range order {
 		fmt.Printf("\n%s (%d agents, talk %d ms%s)\n", name, *nAgents, *talk, map[bool]string{true: ", media " + *mediaArg, false: ""}[name == "ccmesh"])
-		fmt.Printf("%8s %7s %7s %7s %7s %8s %8s %8s %8s %9s %8s %8s %8s %5s\n", "calls/s", "calls", "ok", "failed", "secs",
-			"p50 ms", "p95 ms", "p99 ms", "max ms", "srv cores", "srv MiB", "caller", "uas", "pass")
+		fmt.Printf("%8s %7s %7s %7s %7s %8s %8s %8s %8s %9s %8s %8s %8s %6s %5s\n", "calls/s", "calls", "ok", "failed", "secs",
+			"p50 ms", "p95 ms", "p99 ms", "max ms", "srv cores", "srv MiB", "caller", "uas", "queued", "pass")
 		for _, r := range all[name] {
-			fmt.Printf("%8d %7d %7d %7d %7.1f %8.1f %8.1f %8.1f %8.1f %9.2f %8.0f %8.2f %8.2f %5s\n", r.rate, r.calls, r.ok, r.failed,
-				r.elapsed.Seconds(), r.p50, r.p95, r.p99, r.max, r.serverCPU, r.serverRSS, r.callerCPU, r.uasCPU,
+			queued := "-"
+			if r.maxQueued >= 0 {
+				queued = strconv.Itoa(r.maxQueued)
+			}
+			fmt.Printf("%8d %7d %7d %7d %7.1f %8.1f %8.1f %8.1f %8.1f %9.2f %8.0f %8.2f %8.2f %6s %5s\n", r.rate, r.calls, r.ok, r.failed,
+				r.elapsed.Seconds(), r.p50, r.p95, r.p99, r.max, r.serverCPU, r.serverRSS, r.callerCPU, r.uasCPU, queued,
 				map[bool]string{true: "yes", false: "no"}[r.passed()])
 			if r.passed() && r.rate > best[name] {
 				best[name] = r.rate
@@ -497,6 +528,26 @@ type ccmesh struct {
 }
 
 func (c *ccmesh) name() string { return "ccmesh" }
+
+// queued returns how many calls wait in the queue for a free agent now (the
+// node's ccmesh_queue_waiting metric).
+func (c *ccmesh) queued() (int, error) {
+	res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", c.httpPort))
+	if err != nil {
+		return 0, err
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, `ccmesh_queue_waiting{queue="q1"} `); ok {
+			return strconv.Atoi(strings.TrimSpace(v))
+		}
+	}
+	return 0, errors.New("no ccmesh_queue_waiting for q1 in /metrics")
+}
 
 func (c *ccmesh) start(ctx context.Context, dir string) error {
 	bin := filepath.Join(dir, "ccmesh")
