@@ -15,9 +15,10 @@ run() { # name package pattern benchtime
 run router ./internal/router/ 'RouteAndReserve' 100000x
 run mesh ./internal/mesh/ 'CrossNodeReserve' 5000x
 run store ./internal/store/ 'WriteBatch' 100x
+run calls ./internal/store/ 'WriteCalls/calls=50$' 150x
 run media ./internal/media/ 'Streams' 1x
 echo "== benchstat ($OUT)"
-for f in router mesh store media; do
+for f in router mesh store calls media; do
 	"$GO" run "$BENCHSTAT" "$OUT/$f.txt"
 	echo
 done
