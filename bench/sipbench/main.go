@@ -305,7 +305,7 @@ func runStep(ctx context.Context, root, sdir, target string, srv server, uasPID,
 	caller := exec.CommandContext(sctx, "sipp", target, "-sf", filepath.Join(root, "test/e2e/sipp/caller_talk.xml"), "-s", "20001",
 		"-r", strconv.Itoa(rate), "-m", strconv.Itoa(r.calls), "-d", strconv.Itoa(*talk), "-i", "127.0.0.1", "-p", "0", "-nostdin", "-buff_size", sippBuffer,
 		"-timeout", fmt.Sprintf("%ds", int(limit.Seconds())), "-default_behaviors", "all,-abortunexp",
-		"-trace_stat", "-stf", "stats.csv", "-trace_rtt", "-rtt_freq", "100", "-trace_err", "-error_file", "errors.log", "-max_log_size", "50000000")
+		"-trace_stat", "-fd", "1", "-stf", "stats.csv", "-trace_rtt", "-rtt_freq", "100", "-trace_err", "-error_file", "errors.log", "-max_log_size", "50000000")
 	caller.Dir = dir
 	srvPIDs := srv.pids()
 	cpu0, uas0 := ticks(srvPIDs), ticks([]int{uasPID})
