@@ -310,44 +310,26 @@ func runStep(ctx context.Context, root, sdir, target string, srv server, uasPID,
 	srvPIDs := srv.pids()
 	cpu0, uas0 := ticks(srvPIDs), ticks([]int{uasPID})
 	start := time.Now()
-	samplerDone := make(chan struct{})
 	stopSampler := make(chan struct{})
-	go func() { // the server's memory over a long step
-		defer close(samplerDone)
-		if *step < 2*time.Minute {
-			return
-		}
-		t := time.NewTicker(30 * time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-stopSampler:
-				return
-			case <-t.C:
-				fmt.Printf("   t+%3.0fs: server RSS %.0f MiB, %.2f cores so far\n", time.Since(start).Seconds(), rssMiB(srvPIDs),
-					(ticks(srvPIDs)-cpu0)/time.Since(start).Seconds())
-			}
-		}
-	}()
+	samplerDone := make(chan struct{})
+	if *step >= 2*time.Minute { // the server's memory over a long step
+		go every(30*time.Second, stopSampler, samplerDone, func() {
+			fmt.Printf("   t+%3.0fs: server RSS %.0f MiB, %.2f cores so far\n", time.Since(start).Seconds(), rssMiB(srvPIDs),
+				(ticks(srvPIDs)-cpu0)/time.Since(start).Seconds())
+		})
+	} else {
+		close(samplerDone)
+	}
 	r.maxQueued = -1
 	queueDone := make(chan struct{})
 	if q, ok := srv.(interface{ queued() (int, error) }); ok {
+		// Calls waiting for an agent: did the agents, not the server, limit the step?
 		r.maxQueued = 0
-		go func() { // calls waiting for an agent: did the agents, not the server, limit the step?
-			defer close(queueDone)
-			t := time.NewTicker(250 * time.Millisecond)
-			defer t.Stop()
-			for {
-				select {
-				case <-stopSampler:
-					return
-				case <-t.C:
-					if n, err := q.queued(); err == nil {
-						r.maxQueued = max(r.maxQueued, n)
-					}
-				}
+		go every(250*time.Millisecond, stopSampler, queueDone, func() {
+			if n, err := q.queued(); err == nil {
+				r.maxQueued = max(r.maxQueued, n)
 			}
-		}()
+		})
 	} else {
 		close(queueDone)
 	}
@@ -373,6 +355,21 @@ func runStep(ctx context.Context, root, sdir, target string, srv server, uasPID,
 	times, _ := rtts(dir)
 	r.p50, r.p95, r.p99, r.max = pct(times, 50), pct(times, 95), pct(times, 99), pct(times, 100)
 	return r, nil
+}
+
+// every calls fn every period until stop is closed, then closes done.
+func every(period time.Duration, stop <-chan struct{}, done chan<- struct{}, fn func()) {
+	defer close(done)
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+			fn()
+		}
+	}
 }
 
 // sippCounts reads the cumulative successful and failed calls from the last
