@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -655,6 +656,19 @@ func TestWriteBatchReplayOverlap(t *testing.T) {
 	checkContiguous(t, s, 110)
 	if st := s.WriterStats(); st.Commits != 2 || st.Events != 110 {
 		t.Fatalf("WriterStats = %+v, want 2 commits, 110 events", st)
+	}
+	// a2's newest event is seq 107, although a repeat of 100 (stored) ends the batch.
+	var seq int64
+	if err := s.r.QueryRow(`SELECT seq FROM agent_last_state WHERE agent = 'a2'`).Scan(&seq); err != nil || seq != 107 {
+		t.Fatalf("a2's last state at seq %d, %v; want 107", seq, err)
+	}
+	// An event already stored ending a batch does not hide the newer one
+	// before it: ann logs out at seq 112.
+	if err := s.WriteBatch(ctx, []events.Event{agentEvent(111, "ann", "ready"), agentEvent(112, "ann", "logged_out"), agentEvent(111, "ann", "ready")}); err != nil {
+		t.Fatal(err)
+	}
+	if agents, err := s.LoggedInAgents(ctx); err != nil || slices.Contains(agents, "ann") {
+		t.Fatalf("LoggedInAgents = %v, %v; ann logged out at seq 112", agents, err)
 	}
 	var data string
 	if err := s.r.QueryRow(`SELECT data FROM events WHERE seq = 77`).Scan(&data); err != nil || !strings.Contains(data, `"version":77`) {

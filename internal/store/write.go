@@ -1,11 +1,13 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/ccmesh/ccmesh/internal/core"
@@ -28,7 +30,10 @@ ON CONFLICT(id) DO UPDATE SET
 	updated_seq = excluded.updated_seq, idempotency_key = excluded.idempotency_key
 WHERE excluded.updated_seq > interactions.updated_seq`
 	// An agent's last state and the open leases are rows updated in place; the
-	// WHERE keeps the newest when batches are replayed out of order.
+	// WHERE keeps the newest when an older event is projected after a newer
+	// one. A lease that ended is deleted and leaves no trace, so batches must
+	// come in seq order (RunWriter's do; a replay overlaps only events
+	// already stored, which are skipped).
 	sqlUpsertAgentLast = `INSERT INTO agent_last_state(agent, seq, state) VALUES (?, ?, ?)
 ON CONFLICT(agent) DO UPDATE SET seq = excluded.seq, state = excluded.state
 WHERE excluded.seq > agent_last_state.seq`
@@ -46,18 +51,6 @@ func nullStr[S ~string](s S) any {
 		return nil
 	}
 	return string(s)
-}
-
-// nullJSON marshals v, storing nil/empty values as NULL.
-func nullJSON[T any](v []T) (any, error) {
-	if len(v) == 0 {
-		return nil, nil
-	}
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, err
-	}
-	return string(b), nil
 }
 
 // payload returns Data as a T whether it holds a T or a *T.
@@ -92,9 +85,11 @@ func openOutcome(outcome string) bool {
 // disk I/O; it is safe for concurrent use (writes are serialised).
 //
 // Projection rows hold the latest state of something (an interaction, an agent's
-// state, an open lease), so only the last event of each in the batch is projected:
-// under load an interaction changes state several times, and a lease is granted
-// and ended, within one batch — a skipped upsert saves its index updates too.
+// state, an open lease), so only the newest event (by seq) of each among those
+// the batch stores is projected: under load an interaction changes state several
+// times, and a lease is granted and ended, within one batch — a skipped upsert
+// saves its index updates too. Batches must come in seq order, as RunWriter
+// writes them (see sqlUpsertAgentLast).
 func (s *Store) WriteBatch(ctx context.Context, evs []events.Event) (err error) {
 	if len(evs) == 0 {
 		return nil
@@ -117,7 +112,10 @@ func (s *Store) WriteBatch(ctx context.Context, evs []events.Event) (err error) 
 		}
 		return *p
 	}
-	last := lastOfEach(evs)
+	// First the events, noting which were not stored yet; then the
+	// projections, from the newest fresh event of each interaction, agent and
+	// lease (by seq, whatever its place in evs).
+	fresh := make([]bool, len(evs))
 	var written, projected uint64
 	var data []byte // reused: each event's JSON is copied into its string
 	for i := range evs {
@@ -131,15 +129,16 @@ func (s *Store) WriteBatch(ctx context.Context, evs []events.Event) (err error) 
 		if err != nil {
 			return fmt.Errorf("store: write batch: insert event %d: %w", e.Seq, err)
 		}
-		if n, err := res.RowsAffected(); err != nil {
+		n, err := res.RowsAffected()
+		if err != nil {
 			return fmt.Errorf("store: write batch: insert event %d: %w", e.Seq, err)
-		} else if n == 0 {
-			continue // already stored, with its projection
 		}
-		written++
-		if !last[i] {
-			continue // a later event of the batch supersedes its projection
-		}
+		// n == 0: already stored, with its projection.
+		fresh[i] = n > 0
+		written += uint64(n)
+	}
+	for _, i := range newestOfEach(evs, fresh) {
+		e := &evs[i]
 		switch e.Type {
 		case events.TypeInteraction:
 			it, _ := payload[events.Interaction](e.Data)
@@ -170,48 +169,44 @@ func (s *Store) WriteBatch(ctx context.Context, evs []events.Event) (err error) 
 	return nil
 }
 
-// lastOfEach marks, among the projected events of evs, the last one of each
-// interaction, agent and lease; events of other types, or with payloads of
-// unexpected types, are never marked.
-func lastOfEach(evs []events.Event) []bool {
-	last := make([]bool, len(evs))
-	interactions := map[core.InteractionID]int{}
-	agents := map[core.AgentID]int{}
-	leases := map[leaseKey]int{}
-	mark := func(prev int, seen bool, i int) {
-		if seen {
-			last[prev] = false
-		}
-		last[i] = true
-	}
+// newestOfEach returns the indexes in evs of the newest (highest seq) fresh
+// event of each interaction, agent and lease, in the order of evs; events of
+// other types, or with payloads of unexpected types, are never returned.
+func newestOfEach(evs []events.Event, fresh []bool) []int {
+	newest := map[any]int{} // interaction id, agent id or leaseKey → index in evs
 	for i := range evs {
+		if !fresh[i] {
+			continue
+		}
 		e := &evs[i]
+		var key any
 		switch e.Type {
 		case events.TypeInteraction:
 			if it, ok := payload[events.Interaction](e.Data); ok {
-				if it.ID == "" {
-					it.ID = e.Interaction
-				}
-				prev, seen := interactions[it.ID]
-				mark(prev, seen, i)
-				interactions[it.ID] = i
+				key = cmp.Or(it.ID, e.Interaction)
 			}
 		case events.TypeAgentState:
 			if _, ok := payload[events.AgentState](e.Data); ok {
-				prev, seen := agents[e.Agent]
-				mark(prev, seen, i)
-				agents[e.Agent] = i
+				key = e.Agent
 			}
 		case events.TypeLease:
 			if l, ok := payload[events.Lease](e.Data); ok {
-				k := leaseKey{l.Epoch, l.Lease}
-				prev, seen := leases[k]
-				mark(prev, seen, i)
-				leases[k] = i
+				key = leaseKey{l.Epoch, l.Lease}
 			}
 		}
+		if key == nil {
+			continue
+		}
+		if j, seen := newest[key]; !seen || evs[j].Seq < e.Seq {
+			newest[key] = i
+		}
 	}
-	return last
+	out := make([]int, 0, len(newest))
+	for _, i := range newest {
+		out = append(out, i)
+	}
+	slices.Sort(out)
+	return out
 }
 
 func (s *Store) projectInteraction(ctx context.Context, st *sql.Stmt, e *events.Event, it events.Interaction) error {
