@@ -3,7 +3,7 @@ package interaction
 import (
 	"context"
 	"crypto/rand"
-	"encoding/hex"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -843,23 +843,52 @@ func (s *Service) Recover(open []events.Interaction) error {
 	return nil
 }
 
-// NewID returns a fresh interaction id: "ix-" and 20 hex digits, the first 12
-// the creation time in milliseconds since the Unix epoch and the last 8 random
-// (as in a UUIDv7). Ids sort by creation time, so the store's interactions
-// table and its id-keyed indexes grow at one end instead of touching a random
-// page per new interaction (issue 6). An id is a name, not a secret.
+// NewID returns a fresh interaction id: "ix-" and 20 hex digits, the first 11
+// the creation time in milliseconds since the Unix epoch (44 bits: until the
+// year 2527), the last 9 a 36-bit number drawn at random at each new
+// millisecond and incremented within one. Ids sort by creation time, so the
+// store's interactions table and its id-keyed indexes grow at one end instead
+// of touching a random page per new interaction (issue 6); the ids of one
+// process never repeat and always increase (a clock stepping back does not
+// reorder them); ids made by two nodes in the same millisecond collide with a
+// chance of 1 in 2^36. An id is a name, not a secret.
 func NewID() core.InteractionID {
-	return newID(time.Now())
+	return ids.next(time.Now())
 }
 
-func newID(now time.Time) core.InteractionID {
-	var b [10]byte
-	ms := uint64(now.UnixMilli())
-	for i := range 6 {
-		b[i] = byte(ms >> (8 * (5 - i)))
+// ids makes the process's interaction ids.
+var ids idGenerator
+
+// idGenerator makes increasing ids; safe for concurrent use.
+type idGenerator struct {
+	mu   sync.Mutex
+	ms   uint64 // the millisecond of the last id
+	tail uint64 // its 36-bit tail
+}
+
+const idTailBits = 36
+
+func (g *idGenerator) next(now time.Time) core.InteractionID {
+	ms := uint64(now.UnixMilli()) & (1<<44 - 1)
+	g.mu.Lock()
+	if ms > g.ms {
+		g.ms, g.tail = ms, randomTail()
+	} else if g.tail++; g.tail >= 1<<idTailBits {
+		// Same millisecond (or the clock stepped back) and the tail is used
+		// up: borrow the next millisecond.
+		g.ms, g.tail = g.ms+1, randomTail()
 	}
-	if _, err := rand.Read(b[6:]); err != nil {
+	ms, tail := g.ms, g.tail
+	g.mu.Unlock()
+	return core.InteractionID(fmt.Sprintf("ix-%011x%09x", ms, tail))
+}
+
+// randomTail draws a tail in the lower half of its range, leaving room to
+// increment within the millisecond.
+func randomTail() uint64 {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
 		panic(fmt.Sprintf("interaction: crypto/rand: %v", err)) // never happens on Linux
 	}
-	return core.InteractionID("ix-" + hex.EncodeToString(b[:]))
+	return binary.BigEndian.Uint64(b[:]) & (1<<(idTailBits-1) - 1)
 }

@@ -363,14 +363,17 @@ func TestRecoverResumesTasksOnly(t *testing.T) {
 	}
 }
 
-// Ids sort by creation time (millisecond resolution) and stay unique.
+// Ids sort by creation time and never repeat: within a millisecond, and when
+// the clock steps back, each id is the previous one plus one.
 func TestNewIDOrderedByTime(t *testing.T) {
+	var g idGenerator
 	at := time.Date(2026, 11, 22, 12, 0, 0, 0, time.UTC)
+	prefix := func(id core.InteractionID) string { return string(id[:len("ix-")+11]) }
 	seen := map[core.InteractionID]bool{}
 	prev := core.InteractionID("")
-	for i := range 1000 {
-		id := newID(at.Add(time.Duration(i) * time.Millisecond))
-		if len(id) != len("ix-")+20 || id[:3] != "ix-" {
+	check := func(id core.InteractionID) {
+		t.Helper()
+		if len(id) != len("ix-")+20 || id[:3] != "ix-" || strings.Trim(string(id[3:]), "0123456789abcdef") != "" {
 			t.Fatalf("id %q: want ix- and 20 hex digits", id)
 		}
 		if id <= prev || seen[id] {
@@ -378,7 +381,24 @@ func TestNewIDOrderedByTime(t *testing.T) {
 		}
 		seen[id], prev = true, id
 	}
-	if a, b := newID(at), newID(at); a == b || a[:15] != b[:15] {
-		t.Fatalf("same millisecond: %q and %q want the same time prefix, different random parts", a, b)
+	for i := range 1000 { // one per millisecond, then 1,000 in one
+		check(g.next(at.Add(time.Duration(i) * time.Millisecond)))
+	}
+	last := at.Add(999 * time.Millisecond)
+	want := prefix(prev)
+	for range 1000 {
+		check(g.next(last))
+		if prefix(prev) != want {
+			t.Fatalf("id %q in the same millisecond: want the time prefix %s", prev, want)
+		}
+	}
+	check(g.next(at)) // the clock stepped back a second
+	if fmt.Sprintf("ix-%011x", last.UnixMilli()) != want {
+		t.Fatalf("time prefix %s, want %011x (the creation time in ms)", want, last.UnixMilli())
+	}
+	g.tail = 1<<idTailBits - 1 // the millisecond's tail used up: the next one borrows the next millisecond
+	check(g.next(last))
+	if prefix(prev) != fmt.Sprintf("ix-%011x", last.UnixMilli()+1) {
+		t.Fatalf("id %q: want the next millisecond", prev)
 	}
 }
