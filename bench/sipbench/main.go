@@ -140,6 +140,7 @@ func run() error {
 		return fmt.Errorf("-media %q: want direct or anchored", *mediaArg)
 	}
 	raiseFileLimit()
+	checkSocketBuffers()
 	dir := *logDir
 	if dir == "" {
 		var err error
@@ -334,11 +335,11 @@ func runStep(ctx context.Context, root, sdir, target string, srv server, uasPID,
 		close(queueDone)
 	}
 	out, _ := caller.CombinedOutput()
+	r.elapsed = time.Since(start)
+	cpu1, uas1 := ticks(srvPIDs), ticks([]int{uasPID})
 	close(stopSampler)
 	<-queueDone
 	<-samplerDone
-	r.elapsed = time.Since(start)
-	cpu1, uas1 := ticks(srvPIDs), ticks([]int{uasPID})
 	secs := r.elapsed.Seconds()
 	r.serverCPU = (cpu1 - cpu0) / secs
 	r.uasCPU = (uas1 - uas0) / secs
@@ -355,6 +356,23 @@ func runStep(ctx context.Context, root, sdir, target string, srv server, uasPID,
 	times, _ := rtts(dir)
 	r.p50, r.p95, r.p99, r.max = pct(times, 50), pct(times, 95), pct(times, 99), pct(times, 100)
 	return r, nil
+}
+
+// checkSocketBuffers warns when the kernel caps sipp's socket buffers
+// (-buff_size) below sippBuffer: net.core.rmem_max and wmem_max bound what a
+// process may ask for.
+func checkSocketBuffers() {
+	want, _ := strconv.Atoi(sippBuffer)
+	for _, f := range []string{"/proc/sys/net/core/rmem_max", "/proc/sys/net/core/wmem_max"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && n < want {
+			fmt.Fprintf(os.Stderr, "sipbench: warning: %s is %d, below sipp's %d-byte buffers: the kernel caps them "+
+				"(sysctl -w %s=%d)\n", f, n, want, strings.ReplaceAll(strings.TrimPrefix(f, "/proc/sys/"), "/", "."), want)
+		}
+	}
 }
 
 // every calls fn every period until stop is closed, then closes done.
@@ -531,10 +549,14 @@ type ccmesh struct {
 
 func (c *ccmesh) name() string { return "ccmesh" }
 
+// metricsClient reads the node's metrics during a step; a node too busy to
+// answer within a second is skipped for that sample.
+var metricsClient = &http.Client{Timeout: time.Second}
+
 // queued returns how many calls wait in the queue for a free agent now (the
 // node's ccmesh_queue_waiting metric).
 func (c *ccmesh) queued() (int, error) {
-	res, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", c.httpPort))
+	res, err := metricsClient.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", c.httpPort))
 	if err != nil {
 		return 0, err
 	}
@@ -545,7 +567,8 @@ func (c *ccmesh) queued() (int, error) {
 	}
 	for _, line := range strings.Split(string(body), "\n") {
 		if v, ok := strings.CutPrefix(line, `ccmesh_queue_waiting{queue="q1"} `); ok {
-			return strconv.Atoi(strings.TrimSpace(v))
+			n, err := strconv.ParseFloat(strings.TrimSpace(v), 64) // Prometheus writes 1e+06
+			return int(n), err
 		}
 	}
 	return 0, errors.New("no ccmesh_queue_waiting for q1 in /metrics")
