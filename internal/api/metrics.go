@@ -46,12 +46,14 @@ var (
 	descPeerUp      = prometheus.NewDesc("ccmesh_cluster_peer_state", "A peer's health as this node sees it: 1 up, 0.5 suspect, 0 down.", []string{"peer"}, nil)
 	descPeerDowns   = prometheus.NewDesc("ccmesh_cluster_peer_downs_total", "Times the peer went down (silent past cluster.peer_timeout).", []string{"peer"}, nil)
 	descPeerReqs    = prometheus.NewDesc("ccmesh_cluster_peer_requests_total", "Requests to a peer: sent, or refrained (not sent: it was down or had just missed one).", []string{"peer", "outcome"}, nil)
-	descStore       = prometheus.NewDesc("ccmesh_store_writes_total", "What the store writer committed: commits (transactions), events, projections (rows of the interactions, agents' last states and open leases tables).", []string{"what"}, nil)
+	descCommits     = prometheus.NewDesc("ccmesh_store_commits_total", "Transactions (batches of events) the store writer committed.", nil, nil)
+	descWritten     = prometheus.NewDesc("ccmesh_store_events_written_total", "Events the store writer committed.", nil, nil)
+	descProjected   = prometheus.NewDesc("ccmesh_store_projection_writes_total", "Projection statements the store writer ran: upserts of interactions and agents' last states, upserts and deletes of open leases.", nil, nil)
 	descBlocked     = prometheus.NewDesc("ccmesh_sip_blocked_requests_total", "REGISTER requests refused because their source failed authentication too often.", nil, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descWaiting, descLongest, descReady, descOffered, descAnswered, descAbandoned, descSL, descAgents, descSeq, descDurable, descStore, descLiveInterax, descBindings, descChallenges, descAuthFail, descBlocked, descCallsActive, descCalls, descPeerUp, descPeerDowns, descPeerReqs} {
+	for _, d := range []*prometheus.Desc{descWaiting, descLongest, descReady, descOffered, descAnswered, descAbandoned, descSL, descAgents, descSeq, descDurable, descCommits, descWritten, descProjected, descLiveInterax, descBindings, descChallenges, descAuthFail, descBlocked, descCallsActive, descCalls, descPeerUp, descPeerDowns, descPeerReqs} {
 		ch <- d
 	}
 }
@@ -80,9 +82,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descDurable, prometheus.GaugeValue, float64(c.s.p.Log.DurableSeq()))
 	if st := c.s.p.Store; st != nil {
 		w := st.WriterStats()
-		for what, n := range map[string]uint64{"commits": w.Commits, "events": w.Events, "projections": w.Projections} {
-			ch <- prometheus.MustNewConstMetric(descStore, prometheus.CounterValue, float64(n), what)
-		}
+		ch <- prometheus.MustNewConstMetric(descCommits, prometheus.CounterValue, float64(w.Commits))
+		ch <- prometheus.MustNewConstMetric(descWritten, prometheus.CounterValue, float64(w.Events))
+		ch <- prometheus.MustNewConstMetric(descProjected, prometheus.CounterValue, float64(w.Projections))
 	}
 	ch <- prometheus.MustNewConstMetric(descLiveInterax, prometheus.GaugeValue, float64(c.s.p.Interactions.Live()))
 	if r := c.s.p.Registrations; r != nil {

@@ -47,15 +47,18 @@ type Store struct {
 	insEvent, upInteraction, upAgentLast, upOpenLease, delOpenLease *sql.Stmt
 	// Counters of committed writes (WriterStats).
 	commits, written, projected atomic.Uint64
-	// committed, if set (tests), is called by RunWriter after each commit
-	// with when it began and how many events it held.
+	// committed, if set (tests), is called by RunWriter after each commit of
+	// its loop (not those of the drain at shutdown) with when it began and
+	// how many events it held.
 	committed func(began time.Time, events int)
 }
 
 // WriterStats counts what the store committed since it was opened.
 type WriterStats struct {
 	// Commits is the number of transactions (batches) committed; Events the
-	// events they stored; Projections the projection rows they wrote.
+	// events they stored; Projections the projection statements (upserts of
+	// interactions and agents' last states, upserts and deletes of open
+	// leases) they ran.
 	Commits, Events, Projections uint64
 }
 
