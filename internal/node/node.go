@@ -204,7 +204,7 @@ func (n *Node) reachable(id core.AgentID, ch core.Channel) bool {
 	if ch != core.ChannelVoice || n.sip == nil {
 		return true
 	}
-	return len(n.sip.Registrar().Bindings(id)) > 0
+	return n.sip.Registrar().Registered(id)
 }
 
 // localContacts are the contacts registered at this node for agent id (the

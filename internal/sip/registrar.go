@@ -402,6 +402,14 @@ func (r *Registrar) Bindings(id core.AgentID) []Binding {
 	return out
 }
 
+// Registered reports whether agent id has a live binding: Bindings without
+// the copy and the sort, for the router's reachability check on every offer.
+func (r *Registrar) Registered(id core.AgentID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.bindings[id]) > 0
+}
+
 // All returns every agent's bindings.
 func (r *Registrar) All() map[core.AgentID][]Binding {
 	r.mu.Lock()

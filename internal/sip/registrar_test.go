@@ -186,6 +186,9 @@ func TestRegisterBothAlgorithmsAndAOR(t *testing.T) {
 	if b := h.srv.Registrar().Bindings("ann"); len(b) != 2 {
 		t.Fatalf("bindings %+v", b)
 	}
+	if !h.srv.Registrar().Registered("ann") || h.srv.Registrar().Registered("bob") {
+		t.Fatal("Registered: want ann (two bindings) and not bob (none)")
+	}
 	// Bob's credentials cannot register Ann's address of record.
 	if res := h.register(h.req("ann", "c3", 300, "<sip:x@127.0.0.1:7777>"), digest.MD5, "bob", "bob-pass"); res.StatusCode != 403 {
 		t.Fatalf("AOR mismatch: %d", res.StatusCode)
@@ -277,6 +280,9 @@ func TestRegisterExpiryRulesAndRemoval(t *testing.T) {
 	}
 	if b := h.srv.Registrar().Bindings("ann"); len(b) != 0 {
 		t.Fatalf("after unregister %+v", b)
+	}
+	if h.srv.Registrar().Registered("ann") {
+		t.Fatal("Registered after unregister *: want false")
 	}
 	evs, _, _ := h.log.Read(0, 100, nil)
 	var actions []string
